@@ -1,0 +1,84 @@
+"""Benchmark: run several defenses on one backdoored model and print ACC / ASR / RA / DER / seconds.
+
+Not a test: timings vary with the machine. Example (after `make study` or `snakemake all`):
+
+    python benchmarks/purify.py --dataset fashion_mnist --model cnn --attack badnets \
+        --defenses none,ft,fip,fast_fip,nft,fmp,sibp
+
+Defense settings come from params.yaml (``defenses.<id>`` over ``defense_defaults``);
+``--override '{"fip": {"iterations": 500}}'`` changes them for this run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from backdoor import params as P
+from backdoor.defenses import get_defense
+from backdoor.io import load_tensors
+from backdoor.metrics import der, evaluate
+from backdoor.models import load_checkpoint
+from backdoor.steps import seed_generator, select_clean, test_sets
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--dataset", default="fashion_mnist")
+    ap.add_argument("--model", default="cnn")
+    ap.add_argument("--attack", default="badnets")
+    ap.add_argument("--defenses", default="none,ft")
+    ap.add_argument("--budget", type=int, default=600)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--override", default="{}", help="JSON: {defense_id: {key: value}}")
+    ap.add_argument("--prepared", help="default: data/prepared/<dataset>.pt")
+    ap.add_argument("--poisoned", help="default: data/poisoned/<dataset>/<attack>.pt")
+    ap.add_argument("--checkpoint", help="default: results/models/<dataset>/<model>/<attack>/seed<seed>.pt")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    config = yaml.safe_load(Path(args.params).read_text())
+    overrides = json.loads(args.override)
+    prepared = load_tensors(args.prepared or f"data/prepared/{args.dataset}.pt")
+    poisoned = load_tensors(args.poisoned or f"data/poisoned/{args.dataset}/{args.attack}.pt")
+    ckpt = args.checkpoint or f"results/models/{args.dataset}/{args.model}/{args.attack}/seed{args.seed}.pt"
+    clean_test, triggered = test_sets(prepared, poisoned)
+    base = evaluate(load_checkpoint(ckpt), clean_test, triggered)
+
+    rows = []
+    for defense_id in args.defenses.split(","):
+        known = defense_id in config["defenses"]
+        dparams = {**(P.defense_params(config, defense_id) if known else {"type": defense_id}),
+                   **overrides.get(defense_id, {})}
+        clean = select_clean(prepared, args.budget, dparams.get("clean_sampling", "random"),
+                             seed_generator("clean", args.budget, args.seed))
+        model = load_checkpoint(ckpt)
+        torch.manual_seed(args.seed)
+        start = time.perf_counter()
+        model, _ = get_defense(dparams["type"])(model, clean, dparams,
+                                                 seed_generator("defense", defense_id, args.seed),
+                                                 torch.device("cpu"))
+        seconds = time.perf_counter() - start
+        scores = evaluate(model, clean_test, triggered)
+        rows.append((defense_id, scores["acc"], scores["asr"], scores["ra"],
+                     der(base["acc"], base["asr"], scores["acc"], scores["asr"]), seconds))
+        print(f"{defense_id}: ACC {scores['acc']:.2f} ASR {scores['asr']:.2f} RA {scores['ra']:.2f} "
+              f"({seconds:.1f} s)", flush=True)
+
+    print(f"\n{args.dataset} / {args.model} / {args.attack}, clean budget {args.budget}, seed {args.seed}")
+    print(f"backdoored model: ACC {base['acc']:.2f}  ASR {base['asr']:.2f}  RA {base['ra']:.2f}\n")
+    print("| defense | ACC | ASR | RA | DER | seconds |\n|---|---|---|---|---|---|")
+    for row in rows:
+        print("| {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.1f} |".format(*row))
+
+
+if __name__ == "__main__":
+    main()

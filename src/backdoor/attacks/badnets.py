@@ -1,0 +1,26 @@
+"""BadNets (Gu et al. 2017) as in BackdoorBench: a white square patch in the bottom-right corner.
+
+Default 3×3 at 0 px from the edges (rows/cols H−3..H−1 on 32×32 CIFAR, 25..27 on 28×28
+Fashion-MNIST). ``patch_size`` scales it for larger inputs (BackdoorBench's resize gives ≈6×6 on
+64×64 Tiny-ImageNet); every channel of the patch is set to ``value``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Attack, AttackContext
+
+
+class BadNets(Attack):
+    def __init__(self, params: dict, ctx: AttackContext):
+        super().__init__(params, ctx)
+        self.patch_size = int(params.get("patch_size", 3))
+        self.value = int(params.get("value", 255))
+        if not 1 <= self.patch_size <= ctx.size:
+            raise ValueError(f"attacks.<id>.patch_size = {self.patch_size} must be within 1..{ctx.size}")
+
+    def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:
+        out = images.clone()
+        out[:, :, -self.patch_size:, -self.patch_size:] = self.value
+        return out

@@ -1,0 +1,105 @@
+"""Fetch a dataset's original files: from a local mirror folder, an OS package, or the official URL.
+
+Every file is checked against its MD5 before it is accepted; a corrupt or partial file is removed
+and the error says what to do.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..io import atomic_path
+from .registry import DatasetSpec, RawFile
+
+
+class ChecksumError(RuntimeError):
+    pass
+
+
+def md5_of(path: Path, decompress: bool = False) -> str:
+    digest = hashlib.md5()
+    opener = gzip.open if decompress else open
+    with opener(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checksum_ok(path: Path, raw: RawFile) -> bool:
+    """True if the file is the original archive, or (for .gz) holds the original payload."""
+    if md5_of(path) == raw.md5:
+        return True
+    if raw.payload_md5 and path.name.endswith(".gz"):
+        try:
+            return md5_of(path, decompress=True) == raw.payload_md5
+        except (OSError, EOFError):  # truncated or not gzip at all
+            return False
+    return False
+
+
+def verify(path: Path, raw: RawFile) -> None:
+    if not checksum_ok(path, raw):
+        raise ChecksumError(
+            f"checksum mismatch for {path} (expected md5 {raw.md5}): the file is corrupt or partially "
+            f"downloaded. Delete it and run the download step again, or set data.mirror in params.yaml "
+            f"to a folder that holds the original {raw.name}.")
+
+
+def _download_url(url: str, dest: Path) -> None:
+    with urllib.request.urlopen(url, timeout=60) as resp, atomic_path(dest) as tmp:
+        total = int(resp.headers.get("Content-Length") or 0) or None
+        with open(tmp, "wb") as out, tqdm(total=total, unit="B", unit_scale=True,
+                                          desc=f"download {dest.name}") as bar:
+            for chunk in iter(lambda: resp.read(1 << 20), b""):
+                out.write(chunk)
+                bar.update(len(chunk))
+
+
+def _candidates(raw: RawFile, spec: DatasetSpec, mirror: str | None) -> list[Path]:
+    folders = ([Path(mirror), Path(mirror) / spec.name] if mirror else []) + \
+        [Path(p) for p in spec.system_mirrors]
+    return [folder / raw.name for folder in folders if (folder / raw.name).is_file()]
+
+
+def fetch_file(raw: RawFile, spec: DatasetSpec, dest_dir: Path, mirror: str | None = None,
+               allow_network: bool = True) -> Path:
+    """Place a verified copy of ``raw`` in ``dest_dir``; local copies are preferred to the network."""
+    dest = dest_dir / raw.name
+    if dest.exists():
+        if checksum_ok(dest, raw):
+            return dest
+        dest.unlink()  # a partial or corrupt earlier attempt
+    for local in _candidates(raw, spec, mirror):
+        verify(local, raw)
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(local, tmp)
+        return dest
+    if not allow_network:
+        raise FileNotFoundError(
+            f"{raw.name} for dataset {spec.name!r} is not in any local mirror and network downloads are "
+            f"off: set data.mirror in params.yaml to a folder holding the original files.")
+    try:
+        _download_url(raw.url, dest)
+    except OSError as err:
+        raise RuntimeError(
+            f"could not download {raw.url} ({err}). On an offline machine, copy the original files into "
+            f"a folder and set data.mirror in params.yaml to it.") from err
+    try:
+        verify(dest, raw)
+    except ChecksumError:
+        dest.unlink()
+        raise
+    return dest
+
+
+def fetch_dataset(spec: DatasetSpec, dest_dir: str | Path, mirror: str | None = None,
+                  allow_network: bool = True) -> list[Path]:
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    return [fetch_file(raw, spec, dest_dir, mirror, allow_network) for raw in spec.files]

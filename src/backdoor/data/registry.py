@@ -1,0 +1,96 @@
+"""The dataset registry: what each dataset is, where its original files come from, how to check them.
+
+URLs and MD5 sums are those of the official archives (the ones torchvision's downloaders use).
+``payload_md5`` is the MD5 of a gzip file's *decompressed* content: Debian's `dataset-fashion-mnist`
+package recompresses the original IDX files, so its .gz bytes differ while the IDX content is the
+original. A file is accepted when either checksum matches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RawFile:
+    name: str
+    url: str
+    md5: str
+    payload_md5: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    format: str  # reader in backdoor.data.formats
+    channels: int
+    size: int  # images are size × size after preparation
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    files: tuple[RawFile, ...]
+    system_mirrors: tuple[str, ...] = field(default=())  # folders an OS package may install
+
+
+_FASHION = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+_MNIST = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+_GTSRB = "https://sid.erda.dk/public/archives/daaeac0d7ce1152aea9b61d9f1e19370/"
+
+DATASETS: dict[str, DatasetSpec] = {
+    "fashion_mnist": DatasetSpec(
+        name="fashion_mnist", format="idx", channels=1, size=28, num_classes=10,
+        mean=(0.2860,), std=(0.3530,),
+        files=(
+            RawFile("train-images-idx3-ubyte.gz", _FASHION + "train-images-idx3-ubyte.gz",
+                    "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "f4a8712d7a061bf5bd6d2ca38dc4d50a"),
+            RawFile("train-labels-idx1-ubyte.gz", _FASHION + "train-labels-idx1-ubyte.gz",
+                    "25c81989df183df01b3e8a0aad5dffbe", "9018921c3c673c538a1fc5bad174d6f9"),
+            RawFile("t10k-images-idx3-ubyte.gz", _FASHION + "t10k-images-idx3-ubyte.gz",
+                    "bef4ecab320f06d8554ea6380940ec79", "8181f5470baa50b63fa0f6fddb340f0a"),
+            RawFile("t10k-labels-idx1-ubyte.gz", _FASHION + "t10k-labels-idx1-ubyte.gz",
+                    "bb300cfdad3c16e7a12a480ee83cd310", "15d484375f8d13e6eb1aabb0c3f46965"),
+        ),
+        system_mirrors=("/usr/share/datasets/fashion-mnist",),
+    ),
+    "mnist": DatasetSpec(
+        name="mnist", format="idx", channels=1, size=28, num_classes=10,
+        mean=(0.1307,), std=(0.3081,),
+        files=(
+            RawFile("train-images-idx3-ubyte.gz", _MNIST + "train-images-idx3-ubyte.gz",
+                    "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+            RawFile("train-labels-idx1-ubyte.gz", _MNIST + "train-labels-idx1-ubyte.gz",
+                    "d53e105ee54ea40749a09fcbcd1e9432"),
+            RawFile("t10k-images-idx3-ubyte.gz", _MNIST + "t10k-images-idx3-ubyte.gz",
+                    "9fb629c4189551a2d022fa330f9573f3"),
+            RawFile("t10k-labels-idx1-ubyte.gz", _MNIST + "t10k-labels-idx1-ubyte.gz",
+                    "ec29112dd5afa0611ce80d1b7f02629c"),
+        ),
+    ),
+    "cifar10": DatasetSpec(
+        name="cifar10", format="cifar", channels=3, size=32, num_classes=10,
+        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+        files=(
+            RawFile("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                    "c58f30108f718f92721af3b95e74349a"),
+        ),
+    ),
+    "gtsrb": DatasetSpec(
+        name="gtsrb", format="gtsrb", channels=3, size=32, num_classes=43,
+        mean=(0.3403, 0.3121, 0.3214), std=(0.2724, 0.2608, 0.2669),
+        files=(
+            RawFile("GTSRB-Training_fixed.zip", _GTSRB + "GTSRB-Training_fixed.zip",
+                    "513f3c79a4c5141765e10e952eaa2478"),
+            RawFile("GTSRB_Final_Test_Images.zip", _GTSRB + "GTSRB_Final_Test_Images.zip",
+                    "c7e4e6327067d32654124b0fe9e82185"),
+            RawFile("GTSRB_Final_Test_GT.zip", _GTSRB + "GTSRB_Final_Test_GT.zip",
+                    "fe31e9c9270bbcd7b84b7f21a9d9d9e5"),
+        ),
+    ),
+}
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r} (study.datasets in params.yaml); "
+                       f"known datasets: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]

@@ -1,0 +1,56 @@
+"""Architecture registry and checkpoints.
+
+A checkpoint stores the architecture name and constructor arguments with the weights, so loading
+the wrong architecture fails with a message instead of a shape error deep inside torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..io import load_tensors, save_tensors
+from .base import Classifier
+from .cnn import CompactCNN
+from .preact_resnet import PreActResNet18
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"cnn": CompactCNN, "preact_resnet18": PreActResNet18}
+
+
+def build_model(arch: str, in_channels: int, num_classes: int, mean, std, **arch_params) -> Classifier:
+    if arch not in ARCHITECTURES:
+        raise KeyError(f"unknown architecture {arch!r} (models.<id>.type in params.yaml); "
+                       f"known: {', '.join(sorted(ARCHITECTURES))}")
+    body = ARCHITECTURES[arch](in_channels=in_channels, num_classes=num_classes, **arch_params)
+    model = Classifier(body, mean, std)
+    model.spec = dict(arch=arch, in_channels=in_channels, num_classes=num_classes,
+                      mean=list(mean), std=list(std), arch_params=dict(arch_params))
+    return model
+
+
+def save_checkpoint(model: Classifier, path: str | Path, **extra) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_tensors({"spec": model.spec, "state_dict": state, **extra}, path)
+
+
+def load_checkpoint(path: str | Path, expect_arch: str | None = None) -> Classifier:
+    ckpt = load_tensors(path)
+    if not isinstance(ckpt, dict) or "spec" not in ckpt:
+        raise ValueError(f"{path} is not a checkpoint written by this study (no architecture spec)")
+    spec = ckpt["spec"]
+    if expect_arch is not None and spec["arch"] != expect_arch:
+        raise ValueError(f"{path} holds a {spec['arch']!r} model, but {expect_arch!r} was asked for: "
+                         "check models.<id>.type in params.yaml or retrain that model.")
+    model = build_model(spec["arch"], spec["in_channels"], spec["num_classes"], spec["mean"],
+                        spec["std"], **spec["arch_params"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model
+
+
+def copy_model(model: Classifier) -> Classifier:
+    clone = build_model(**{k: v for k, v in model.spec.items() if k != "arch_params"},
+                        **model.spec["arch_params"])
+    clone.load_state_dict(model.state_dict())
+    return clone.to(next(model.parameters()).device)

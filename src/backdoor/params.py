@@ -1,0 +1,141 @@
+"""params.yaml: validation with messages that name the key, and the sections each step depends on.
+
+``STEP_KEYS`` is the single map from a DAG step to the params.yaml keys it reads: Snakemake passes
+those values as rule params (so editing them reruns the job) and the generated dvc.yaml lists the
+same keys as stage params.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .attacks import ATTACKS
+from .data import DATASETS
+from .defenses import DEFENSES
+from .models import ARCHITECTURES
+
+
+class ParamsError(ValueError):
+    """params.yaml is invalid; the message names the key and what would fix it."""
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _schema_errors(config: dict, schema: dict) -> list[str]:
+    validator = jsonschema.Draft202012Validator(schema)
+    messages = []
+    for err in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path)):
+        key = _key(err.absolute_path)
+        if err.validator == "enum":
+            msg = f"{key}: {err.instance!r} is not allowed; allowed values: {', '.join(map(str, err.validator_value))}"
+        elif err.validator in ("exclusiveMinimum", "exclusiveMaximum", "minimum", "maximum"):
+            msg = f"{key}: {err.instance!r} is out of range ({err.message})"
+        elif err.validator == "type" and isinstance(err.instance, str):
+            msg = (f"{key}: {err.instance!r} is a string, expected {err.validator_value} "
+                   "(write floats like 5.0e-4: PyYAML reads 5e-4 as a string)")
+        elif err.validator == "additionalProperties":
+            msg = f"{key}: {err.message} (a misspelt key?)"
+        else:
+            msg = f"{key}: {err.message}"
+        messages.append(msg)
+    return messages
+
+
+def _resolve_type(section: str, ident: str, entry: dict, registry: dict) -> list[str]:
+    kind = entry.get("type", ident)
+    if kind not in registry:
+        return [f"{section}.{ident}.type: {kind!r} is not a registered type; known: {', '.join(sorted(registry))}"]
+    return []
+
+
+def _semantic_errors(config: dict) -> list[str]:
+    errors: list[str] = []
+    study = config["study"]
+    for axis, section, registry in (("models", "models", ARCHITECTURES), ("attacks", "attacks", ATTACKS),
+                                    ("defenses", "defenses", DEFENSES)):
+        for ident in study[axis]:
+            if ident not in config[section]:
+                errors.append(f"study.{axis}: {ident!r} is not defined under `{section}:`; defined ids: "
+                              f"{', '.join(sorted(config[section]))}")
+            else:
+                errors += _resolve_type(section, ident, config[section][ident], registry)
+    for axis in ("datasets", "models", "attacks", "defenses", "clean_budgets", "seeds"):
+        if len(set(map(str, study[axis]))) != len(study[axis]):
+            errors.append(f"study.{axis}: duplicate entries in {study[axis]}")
+    pool = config["splits"]["clean_pool"]
+    for budget in study["clean_budgets"]:
+        if budget > pool:
+            errors.append(f"study.clean_budgets: {budget} is larger than the defender's pool "
+                          f"(splits.clean_pool = {pool}); lower the budget or enlarge the pool")
+    for ident in study["attacks"]:
+        merged = attack_params(config, ident) if ident in config["attacks"] else {}
+        rate = merged.get("poison_rate", 0.1)
+        if not 0 < rate < 1:
+            errors.append(f"attacks.{ident}.poison_rate: {rate} must be in (0, 1)")
+        if merged.get("type") == "benign" and merged.get("probe", "badnets") not in ATTACKS:
+            errors.append(f"attacks.{ident}.probe: {merged.get('probe')!r} is not an attack type")
+    return errors
+
+
+def validate(config: dict, schema_path: str | Path) -> dict:
+    """Raise ParamsError listing every problem in ``config``; return it unchanged when valid."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    errors = _schema_errors(config, schema)
+    if not errors:
+        errors = _semantic_errors(config)
+    if errors:
+        raise ParamsError("params.yaml is invalid:\n  - " + "\n  - ".join(errors))
+    return config
+
+
+def load(path: str | Path, schema_path: str | Path) -> dict:
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {err}") from err
+    return validate(config, schema_path)
+
+
+# -- what each step reads -------------------------------------------------------------------------
+
+def attack_params(config: dict, attack: str) -> dict:
+    return {**config["attack_defaults"], **config["attacks"][attack],
+            "type": config["attacks"][attack].get("type", attack)}
+
+
+def defense_params(config: dict, defense: str) -> dict:
+    return {**config.get("defense_defaults", {}), **config["defenses"][defense],
+            "type": config["defenses"][defense].get("type", defense)}
+
+
+def model_params(config: dict, model: str) -> dict:
+    return {**config["models"][model], "type": config["models"][model].get("type", model)}
+
+
+def step_keys(step: str, **wc: str) -> list[str]:
+    """The dotted params.yaml keys a job of ``step`` depends on (DVC `params:`)."""
+    keys = {
+        "download": ["data"],
+        "prepare": ["splits"],
+        "poison": ["attack_defaults", f"attacks.{wc.get('attack')}"],
+        "train": ["train", f"models.{wc.get('model')}", "device"],
+        "purify": ["defense_defaults", f"defenses.{wc.get('defense')}", "device"],
+        "aggregate": [],
+        "report": [],
+    }
+    if step not in keys:
+        raise KeyError(f"unknown step {step!r}")
+    return keys[step]
+
+
+def lookup(config: dict, dotted: str) -> Any:
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node

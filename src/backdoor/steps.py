@@ -1,0 +1,154 @@
+"""One function per DAG step: read inputs, call the library, write outputs atomically.
+
+The scripts in workflow/scripts/ only unpack Snakemake's arguments and call these, so every step
+can also be run (and tested) without Snakemake.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from .attacks import AttackContext, build_attack
+from .data import get_dataset
+from .data.download import fetch_dataset
+from .data.prepare import SplitParams, prepare
+from .data.tensors import TensorSet, TriggeredSet
+from .defenses import get_defense
+from .device import pick_device
+from .io import load_tensors, read_json, save_tensors, write_json
+from .metrics import der, evaluate
+from .models import build_model, load_checkpoint, save_checkpoint
+from .training import FitConfig, fit
+
+
+def seed_generator(*parts) -> torch.Generator:
+    """A generator seeded from named parts, so each step's randomness is independent and fixed."""
+    import zlib
+
+    return torch.Generator().manual_seed(zlib.crc32(repr(parts).encode()))
+
+
+def download(dataset: str, out_dir: str, data_params: dict) -> None:
+    fetch_dataset(get_dataset(dataset), out_dir, mirror=data_params.get("mirror"),
+                  allow_network=data_params.get("allow_network", True))
+
+
+def prepare_dataset(dataset: str, raw_dir: str, out_path: str, splits: dict) -> None:
+    prepared = prepare(dataset, raw_dir, SplitParams(**splits))
+    save_tensors(prepared, out_path)
+    print(f"prepare {dataset}: {len(prepared['attacker_idx'])} attacker, {len(prepared['pool_idx'])} pool, "
+          f"{len(prepared['test_y'])} test images")
+
+
+def attack_context(prepared: dict) -> AttackContext:
+    _, c, h, _ = prepared["train_x"].shape
+    return AttackContext(num_classes=prepared["num_classes"], channels=c, size=h)
+
+
+def poison(prepared_path: str, out_path: str, attack_id: str, attack_params: dict) -> None:
+    prepared = load_tensors(prepared_path)
+    attack = build_attack(attack_params["type"], attack_params, attack_context(prepared))
+    attacker = TensorSet(prepared["train_x"][prepared["attacker_idx"]], prepared["train_y"][prepared["attacker_idx"]])
+    poisoned = attack.poison(attacker, seed_generator("poison", attack_id, attack_params.get("seed", 0)))
+    test = attack.triggered_test(TensorSet(prepared["test_x"], prepared["test_y"]))
+    modified = (poisoned.images != attacker.x).flatten(1).any(1).nonzero().flatten()
+    save_tensors({
+        "attack": attack_id, "params": attack_params,
+        "modified_idx": modified, "modified_images": poisoned.images[modified].clone(),
+        "labels": poisoned.labels, "original_labels": poisoned.original_labels,
+        "poison_idx": poisoned.poison_idx,
+        "test_x": test.x, "test_y_true": test.y_true, "test_y_target": test.y_target,
+    }, out_path)
+    print(f"poison {attack_id}: {len(poisoned.poison_idx)} poisoned of {len(attacker)} training images, "
+          f"{len(test)} triggered test images")
+
+
+def training_set(prepared: dict, poisoned: dict) -> TensorSet:
+    images = prepared["train_x"][prepared["attacker_idx"]].clone()
+    images[poisoned["modified_idx"]] = poisoned["modified_images"]
+    return TensorSet(images, poisoned["labels"])
+
+
+def test_sets(prepared: dict, poisoned: dict) -> tuple[TensorSet, TriggeredSet]:
+    return (TensorSet(prepared["test_x"], prepared["test_y"]),
+            TriggeredSet(poisoned["test_x"], poisoned["test_y_true"], poisoned["test_y_target"]))
+
+
+def train(prepared_path: str, poisoned_path: str, model_out: str, metrics_out: str, model_params: dict,
+          train_params: dict, seed: int, device: str = "auto") -> None:
+    start = time.perf_counter()
+    prepared, poisoned = load_tensors(prepared_path), load_tensors(poisoned_path)
+    dev = pick_device(device)
+    torch.manual_seed(seed)
+    arch_params = {k: v for k, v in model_params.items() if k != "type"}
+    model = build_model(model_params["type"], prepared["train_x"].shape[1], prepared["num_classes"],
+                        prepared["mean"], prepared["std"], **arch_params)
+    data = training_set(prepared, poisoned)
+    result = fit(model, data, FitConfig.from_params(train_params), gen=seed_generator("train", seed),
+                 device=dev, desc=f"train {poisoned['attack']}")
+    clean_test, triggered = test_sets(prepared, poisoned)
+    scores = evaluate(model, clean_test, triggered)
+    save_checkpoint(model.cpu(), model_out)
+    write_json({**scores, "attack": poisoned["attack"], "n_poisoned": len(poisoned["poison_idx"]),
+                "n_train": len(data), "seed": seed, "train_seconds": result.seconds,
+                "images_per_s": result.images_per_s, "final_loss": result.final_loss,
+                "runtime_s": time.perf_counter() - start, "device": str(dev)}, metrics_out)
+    print(f"train {poisoned['attack']}: ACC {scores['acc']:.2f}  ASR {scores['asr']:.2f}  RA {scores['ra']:.2f}")
+
+
+def select_clean(prepared: dict, budget: int, sampling: str, gen: torch.Generator) -> TensorSet:
+    """``budget`` images from the defender's pool: uniformly, or equally many per class."""
+    pool = prepared["pool_idx"]
+    if budget > len(pool):
+        raise ValueError(f"clean budget {budget} exceeds the defender's pool of {len(pool)} images "
+                         "(splits.clean_pool in params.yaml)")
+    if sampling == "stratified":
+        labels, k = prepared["train_y"][pool], prepared["num_classes"]
+        per_class = budget // k
+        if per_class < 1:
+            raise ValueError(f"stratified sampling needs a clean budget of at least {k} (one per class)")
+        chosen = []
+        for c in range(k):
+            members = pool[labels == c]
+            if len(members) < per_class:
+                raise ValueError(f"the pool has only {len(members)} images of class {c}, {per_class} needed")
+            chosen.append(members[torch.randperm(len(members), generator=gen)[:per_class]])
+        idx = torch.cat(chosen).sort().values
+    elif sampling == "random":
+        idx = pool[torch.randperm(len(pool), generator=gen)[:budget]].sort().values
+    else:
+        raise ValueError(f"defense_defaults.clean_sampling = {sampling!r}: use random or stratified")
+    return TensorSet(prepared["train_x"][idx], prepared["train_y"][idx])
+
+
+def purify(prepared_path: str, poisoned_path: str, model_path: str, model_metrics_path: str,
+           model_out: str, metrics_out: str, *, ids: dict, defense_params: dict, budget: int, seed: int,
+           device: str = "auto") -> None:
+    """Run one defense on one backdoored model and score it. The defense sees only the clean budget;
+    the test sets are loaded after it returns."""
+    step_start = time.perf_counter()
+    prepared = load_tensors(prepared_path)
+    dev = pick_device(device)
+    clean = select_clean(prepared, budget, defense_params.get("clean_sampling", "random"),
+                         seed_generator("clean", budget, seed))
+    model = load_checkpoint(model_path).to(dev)
+    defense = get_defense(defense_params["type"])
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    model, info = defense(model, clean, defense_params, seed_generator("defense", ids["defense"], seed), dev)
+    runtime = time.perf_counter() - start
+    clean_test, triggered = test_sets(prepared, load_tensors(poisoned_path))
+    scores = evaluate(model, clean_test, triggered)
+    before = read_json(model_metrics_path)
+    save_checkpoint(model.cpu(), model_out)
+    write_json({**ids, "defense_type": defense_params["type"], "clean_budget": budget, "n_clean": len(clean),
+                "seed": seed, **scores,
+                "der": der(before["acc"], before["asr"], scores["acc"], scores["asr"]),
+                "acc_before": before["acc"], "asr_before": before["asr"], "ra_before": before["ra"],
+                "runtime_s": runtime, "step_s": time.perf_counter() - step_start, "device": str(dev),
+                "info": info}, metrics_out)
+    print(f"purify {ids['attack']} with {ids['defense']}: ACC {scores['acc']:.2f}  ASR {scores['asr']:.2f}  "
+          f"RA {scores['ra']:.2f}  ({runtime:.1f} s)")

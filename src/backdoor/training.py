@@ -1,0 +1,140 @@
+"""The one training loop: every step that trains (attacks, fine-tuning defenses) runs through ``fit``.
+
+Data stay in memory as uint8 tensors on the device; each step slices a batch, converts it to
+float, augments it on the device and takes an SGD step. Defenses customise the objective through
+``loss_fn`` and constrain parameters through ``after_step`` (projections, hard masks) instead of
+writing their own loops.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .augment import augment, to_float
+from .data.tensors import TensorSet
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+@dataclass
+class FitConfig:
+    lr: float
+    batch_size: int = 128
+    epochs: int | None = None  # shuffled passes over the data ...
+    iterations: int | None = None  # ... or this many batches drawn with replacement
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    nesterov: bool = False
+    schedule: str = "cosine"  # cosine (to min_lr over the whole run) or constant
+    min_lr: float = 0.0
+    crop_pad: int = 0
+    flip: bool = False
+    log_every: int = 0  # 0: only a final line
+
+    def __post_init__(self):
+        if (self.epochs is None) == (self.iterations is None):
+            raise ValueError("give exactly one of epochs or iterations")
+
+    def total_steps(self, n: int) -> int:
+        if self.iterations is not None:
+            return self.iterations
+        return self.epochs * math.ceil(n / self.batch_size)
+
+    @classmethod
+    def from_params(cls, params: dict, **overrides) -> "FitConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        merged = {**{k: v for k, v in params.items() if k in known}, **overrides}
+        return cls(**merged)
+
+
+@dataclass
+class FitResult:
+    steps: int
+    seconds: float
+    images_per_s: float
+    final_loss: float
+    losses: list[float] = field(default_factory=list)
+
+
+def _batches(n: int, cfg: FitConfig, gen: torch.Generator) -> Iterable[torch.Tensor]:
+    if cfg.iterations is not None:
+        for _ in range(cfg.iterations):
+            yield torch.randint(0, n, (cfg.batch_size,), generator=gen)
+        return
+    for _ in range(cfg.epochs):
+        order = torch.randperm(n, generator=gen)
+        yield from order.split(cfg.batch_size)
+
+
+def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+def make_optimizer(params, cfg: FitConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.nesterov)
+
+
+def fit(model: nn.Module, data: TensorSet, cfg: FitConfig, *, gen: torch.Generator,
+        device: torch.device | str = "cpu", params: Iterable[torch.nn.Parameter] | None = None,
+        loss_fn: LossFn = cross_entropy, after_step: Callable[[int], None] | None = None,
+        desc: str = "train", log: Callable[[str], None] = print) -> FitResult:
+    """Train ``model`` on ``data`` with SGD; returns timing and loss statistics.
+
+    ``params`` (default: every parameter that requires grad) is what the optimiser updates;
+    ``loss_fn(model, x, y, step)`` sees augmented float batches in [0, 1]; ``after_step(step)``
+    runs after each optimiser step.
+    """
+    device = torch.device(device)
+    model.to(device, memory_format=torch.channels_last).train()  # NHWC: ≈ 1.4× faster convs on CPU
+    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    if not params:
+        raise ValueError(f"{desc}: nothing to train (no parameter requires grad)")
+    optimizer = make_optimizer(params, cfg)
+    total = cfg.total_steps(len(data))
+    if cfg.schedule == "cosine":
+        floor = cfg.min_lr / cfg.lr if cfg.lr else 0.0
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    elif cfg.schedule == "constant":
+        sched = None
+    else:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}: use cosine or constant")
+    x_all, y_all = data.x.to(device), data.y.to(device)
+    aug_gen = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    losses, seen, start = [], 0, time.perf_counter()
+    bar = tqdm(total=total, desc=desc, unit="step", mininterval=2.0, leave=False)
+    for step, idx in enumerate(_batches(len(data), cfg, gen)):
+        idx = idx.to(device)
+        x = augment(to_float(x_all[idx]), cfg.crop_pad, cfg.flip, aug_gen).contiguous(
+            memory_format=torch.channels_last)
+        loss = loss_fn(model, x, y_all[idx], step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if sched is not None:
+            sched.step()
+        if after_step is not None:
+            after_step(step)
+        losses.append(loss.item())
+        seen += len(idx)
+        bar.update(1)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        if cfg.log_every and (step + 1) % cfg.log_every == 0:
+            log(f"{desc}: step {step + 1}/{total} loss {sum(losses[-cfg.log_every:]) / cfg.log_every:.4f}")
+    bar.close()
+    seconds = time.perf_counter() - start
+    result = FitResult(steps=len(losses), seconds=seconds, images_per_s=seen / max(seconds, 1e-9),
+                       final_loss=sum(losses[-20:]) / max(1, len(losses[-20:])), losses=losses)
+    log(f"{desc}: {result.steps} steps in {seconds:.1f} s ({result.images_per_s:.0f} images/s), "
+        f"final loss {result.final_loss:.4f}")
+    return result
