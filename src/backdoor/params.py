@@ -134,6 +134,21 @@ def step_keys(step: str, **wc: str) -> list[str]:
     return keys[step]
 
 
+def step_values(config: dict, step: str, **wc: str) -> dict:
+    """The ready-to-use values a job of ``step`` reads, derived only from ``step_keys``' sections."""
+    if step == "download":
+        return {"data": config["data"]}
+    if step == "prepare":
+        return {"splits": config["splits"]}
+    if step == "poison":
+        return {"attack": attack_params(config, wc["attack"])}
+    if step == "train":
+        return {"model": model_params(config, wc["model"]), "train": config["train"], "device": config["device"]}
+    if step == "purify":
+        return {"defense": defense_params(config, wc["defense"]), "device": config["device"]}
+    return {}
+
+
 def lookup(config: dict, dotted: str) -> Any:
     node = config
     for part in dotted.split("."):

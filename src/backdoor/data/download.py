@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import shutil
 import urllib.request
+import zlib
 from pathlib import Path
 
 from tqdm import tqdm
@@ -38,7 +40,7 @@ def checksum_ok(path: Path, raw: RawFile) -> bool:
     if raw.payload_md5 and path.name.endswith(".gz"):
         try:
             return md5_of(path, decompress=True) == raw.payload_md5
-        except (OSError, EOFError):  # truncated or not gzip at all
+        except (OSError, EOFError, zlib.error):  # truncated, corrupt deflate data, or not gzip at all
             return False
     return False
 
@@ -86,7 +88,7 @@ def fetch_file(raw: RawFile, spec: DatasetSpec, dest_dir: Path, mirror: str | No
             f"off: set data.mirror in params.yaml to a folder holding the original files.")
     try:
         _download_url(raw.url, dest)
-    except OSError as err:
+    except (OSError, http.client.HTTPException) as err:  # IncompleteRead: connection cut mid-file
         raise RuntimeError(
             f"could not download {raw.url} ({err}). On an offline machine, copy the original files into "
             f"a folder and set data.mirror in params.yaml to it.") from err

@@ -38,7 +38,7 @@ def read_idx(path: Path) -> np.ndarray:
     body = data[4 + 4 * ndim:]
     if len(body) != expected:
         raise ValueError(f"{path} is truncated: {len(body)} bytes of data, header says {expected}")
-    return np.frombuffer(body, dtype=dtype).reshape(tuple(dims))
+    return np.frombuffer(body, dtype=dtype).reshape(tuple(dims)).copy()  # writable, not a view of bytes
 
 
 def _images(array: np.ndarray) -> torch.Tensor:

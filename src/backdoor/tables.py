@@ -1,0 +1,68 @@
+"""results/metrics.csv and the Markdown tables made from it.
+
+metrics.csv has one row per (dataset, model, attack, defense, clean_budget, seed); percentages are
+in 0–100. Figures and tables read only this file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .io import read_json, write_text
+
+KEYS = ["dataset", "model", "attack", "defense", "clean_budget", "seed"]
+COLUMNS = KEYS + ["acc", "asr", "ra", "der", "runtime_s", "n_clean", "acc_before", "asr_before",
+                  "ra_before", "defense_type", "step_s", "device"]
+
+
+def write_metrics_csv(json_paths, out_path: str | Path) -> pd.DataFrame:
+    rows = [read_json(p) for p in json_paths]
+    frame = pd.DataFrame([{c: row.get(c) for c in COLUMNS} for row in rows], columns=COLUMNS)
+    frame = frame.sort_values(KEYS, kind="stable").reset_index(drop=True)
+    write_text(frame.to_csv(index=False, float_format="%.4f"), out_path)
+    return frame
+
+
+def _mean_std(series: pd.Series) -> str:
+    if len(series) > 1:
+        return f"{series.mean():.2f} ± {series.std(ddof=1):.2f}"
+    return f"{series.mean():.2f}"
+
+
+def summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean (± std over seeds) per dataset, model, attack, defense and clean budget, in study order."""
+    group = ["dataset", "model", "attack", "defense", "clean_budget"]
+    out = frame.groupby(group, sort=False).agg(
+        ACC=("acc", _mean_std), ASR=("asr", _mean_std), RA=("ra", _mean_std), DER=("der", _mean_std),
+        seconds=("runtime_s", _mean_std), seeds=("seed", "count")).reset_index()
+    return out
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def markdown_report(frame: pd.DataFrame) -> str:
+    parts = ["# Results\n",
+             "ACC, ASR and RA in percent on the test set; DER = (max(0, ΔASR) − max(0, ΔACC) + 100) / 2 "
+             "against the undefended model; seconds = wall time of the defense itself. "
+             "Mean ± std over seeds where there are several.\n"]
+    for (dataset, model, budget), part in summary(frame).groupby(["dataset", "model", "clean_budget"], sort=False):
+        parts.append(f"\n## {dataset} · {model} · clean budget {budget}\n")
+        parts.append(_markdown(part[["attack", "defense", "ACC", "ASR", "RA", "DER", "seconds", "seeds"]]))
+        pivot = part.assign(cell=part["ACC"] + " / " + part["ASR"]).pivot(
+            index="attack", columns="defense", values="cell")
+        pivot = pivot.reindex(index=part["attack"].unique(), columns=part["defense"].unique())
+        parts.append("\n\nACC / ASR per attack (rows) and defense (columns):\n")
+        parts.append(_markdown(pivot.reset_index()))
+        parts.append("")
+    return "\n".join(parts) + "\n"
+
+
+def write_markdown_table(csv_path: str | Path, out_path: str | Path) -> None:
+    write_text(markdown_report(pd.read_csv(csv_path)), out_path)

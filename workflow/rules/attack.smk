@@ -1,0 +1,23 @@
+rule poison:
+    input:
+        "data/prepared/{dataset}.pt",
+    output:
+        "data/poisoned/{dataset}/{attack}.pt",
+    params:
+        values=step_params("poison"),
+    script:
+        "../scripts/poison.py"
+
+
+rule train:
+    input:
+        prepared="data/prepared/{dataset}.pt",
+        poisoned="data/poisoned/{dataset}/{attack}.pt",
+    output:
+        model="results/models/{dataset}/{model}/{attack}/seed{seed}.pt",
+        metrics="results/models/{dataset}/{model}/{attack}/seed{seed}.json",
+    params:
+        values=step_params("train"),
+    threads: JOB_THREADS
+    script:
+        "../scripts/train.py"

@@ -1,0 +1,18 @@
+rule download:
+    output:
+        directory("data/raw/{dataset}"),
+    params:
+        values=step_params("download"),
+    script:
+        "../scripts/download.py"
+
+
+rule prepare:
+    input:
+        "data/raw/{dataset}",
+    output:
+        "data/prepared/{dataset}.pt",
+    params:
+        values=step_params("prepare"),
+    script:
+        "../scripts/prepare.py"

@@ -1,0 +1,14 @@
+rule purify:
+    input:
+        prepared="data/prepared/{dataset}.pt",
+        poisoned="data/poisoned/{dataset}/{attack}.pt",
+        model="results/models/{dataset}/{model}/{attack}/seed{seed}.pt",
+        model_metrics="results/models/{dataset}/{model}/{attack}/seed{seed}.json",
+    output:
+        model="results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}.pt",
+        metrics="results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}.json",
+    params:
+        values=step_params("purify"),
+    threads: JOB_THREADS
+    script:
+        "../scripts/purify.py"

@@ -1,0 +1,4 @@
+"""Snakemake entry point: every run's metrics json → results/metrics.csv."""
+from backdoor import tables
+
+tables.write_metrics_csv(snakemake.input, snakemake.output[0])

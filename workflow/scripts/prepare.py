@@ -1,0 +1,5 @@
+"""Snakemake entry point: raw files → tensors with fixed attacker / pool / test splits."""
+from backdoor import steps
+
+steps.prepare_dataset(snakemake.wildcards.dataset, snakemake.input[0], snakemake.output[0],
+                      snakemake.params.values["splits"])

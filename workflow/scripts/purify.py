@@ -1,0 +1,12 @@
+"""Snakemake entry point: one defense on one backdoored model, scored on the test sets."""
+import torch
+
+from backdoor import steps
+
+torch.set_num_threads(snakemake.threads)
+values, w = snakemake.params.values, snakemake.wildcards
+ids = {"dataset": w.dataset, "model": w.model, "attack": w.attack, "defense": w.defense}
+steps.purify(snakemake.input.prepared, snakemake.input.poisoned, snakemake.input.model,
+             snakemake.input.model_metrics, snakemake.output.model, snakemake.output.metrics,
+             ids=ids, defense_params=values["defense"], budget=int(w.budget), seed=int(w.seed),
+             device=values["device"])
