@@ -16,15 +16,6 @@ from backdoor.models import build_model
 QUICK = {"iterations": 6, "batch_size": 8, "trace_every": 2, "probes": 4}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and far faster than several on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = build_model("cnn", 1, 10, [0.5], [0.5], width=4)

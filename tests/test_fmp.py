@@ -6,38 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from backdoor.data.tensors import TensorSet
 from backdoor.defenses import fmp, get_defense
-from backdoor.models import build_model, copy_model
+from backdoor.defenses.channels import trace
+from backdoor.models import copy_model
+from conftest import tiny_cnn as tiny_model, tiny_data
 
 FAST = dict(iterations=6, batch_size=16, sensitivity_batch=8)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest, and avoids pathological waits on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_model(seed: int = 0, arch: str = "cnn"):
-    torch.manual_seed(seed)
-    model = build_model(arch, 1, 10, [0.5], [0.5], width=4)
-    # non-trivial BN statistics so eval-mode features are not degenerate
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            with torch.no_grad():
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    return model
-
-
-def tiny_data(n: int = 48, seed: int = 0, size: int = 12) -> TensorSet:
-    g = torch.Generator().manual_seed(seed)
-    return TensorSet(torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8, generator=g),
-                     torch.randint(0, 10, (n,), generator=g))
 
 
 def run(params=None, seed=0, model=None, data=None):
@@ -187,7 +161,7 @@ def test_residual_net_bn_tracing_and_name_keyed_scores():
     model = tiny_model(arch="preact_resnet18").eval()
     convs = fmp.conv_layers(model)
     x = torch.rand(4, 1, 12, 12)
-    bns = fmp.conv_batchnorms(model, convs, x[:2])
+    bns = trace(model, x[:2]).conv_bns
     assert bns["body.conv1"] == ["body.layer1.0.bn1"]
     assert bns["body.layer2.0.conv1"] == ["body.layer2.0.bn2"]
     assert bns["body.layer2.0.conv2"] == [] and bns["body.layer2.0.shortcut"] == []

@@ -18,15 +18,6 @@ from backdoor.models import build_model, copy_model
 FAST = {"type": "nft", "iterations": 15, "batch_size": 16}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: extra threads only add synchronisation cost (and stall on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(seed: int = 0, arch: str = "cnn", **kw) -> nn.Module:
     torch.manual_seed(seed)
     model = build_model(arch, 1, 10, [0.5], [0.5], **({"width": 4} | kw))

@@ -14,14 +14,6 @@ from backdoor.models import build_model, copy_model
 FAST = {"type": "sibp", "epochs": 1, "batch_size": 32}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(seed: int = 0):
     torch.manual_seed(seed)
     model = build_model("cnn", 1, 10, [0.5], [0.5], width=4)

@@ -74,3 +74,16 @@ def test_cosine_schedule_ends_at_min_lr_and_hooks_run():
     fit(model, tiny_data(), cfg, gen=torch.Generator().manual_seed(0), after_step=seen.append,
         log=lambda *_: None)
     assert seen == [0, 1, 2, 3, 4]
+
+
+def test_after_step_can_stop_early_and_adam_trains():
+    model = build_model("cnn", 1, 2, [0.5], [0.5], width=4)
+    before = [p.detach().clone() for p in model.parameters()]
+    cfg = FitConfig(lr=0.01, iterations=50, batch_size=8, optimizer="adam")
+    result = fit(model, tiny_data(), cfg, gen=torch.Generator().manual_seed(0), after_step=lambda s: s == 2,
+                 log=lambda *_: None)
+    assert result.steps == 3
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(ValueError, match="optimizer 'rmsprop'"):
+        fit(model, tiny_data(), FitConfig(lr=0.01, iterations=1, optimizer="rmsprop"),
+            gen=torch.Generator().manual_seed(0), log=lambda *_: None)

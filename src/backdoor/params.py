@@ -14,7 +14,6 @@ import jsonschema
 import yaml
 
 from .attacks import ATTACKS
-from .data import DATASETS
 from .defenses import DEFENSES
 from .models import ARCHITECTURES
 

@@ -6,8 +6,8 @@ can also be run (and tested) without Snakemake.
 
 from __future__ import annotations
 
+import os
 import time
-from pathlib import Path
 
 import torch
 
@@ -22,6 +22,11 @@ from .io import load_tensors, read_json, save_tensors, write_json
 from .metrics import der, evaluate
 from .models import build_model, load_checkpoint, save_checkpoint
 from .training import FitConfig, fit
+
+
+def use_threads(threads: int) -> None:
+    """Torch threads for this job: what the scheduler granted, never more than the machine's CPUs."""
+    torch.set_num_threads(max(1, min(int(threads), os.cpu_count() or 1)))
 
 
 def seed_generator(*parts) -> torch.Generator:

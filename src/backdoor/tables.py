@@ -18,9 +18,9 @@ COLUMNS = KEYS + ["acc", "asr", "ra", "der", "runtime_s", "n_clean", "acc_before
 
 
 def write_metrics_csv(json_paths, out_path: str | Path) -> pd.DataFrame:
+    """Rows in the order given (the study's order in params.yaml), which tables and figures keep."""
     rows = [read_json(p) for p in json_paths]
     frame = pd.DataFrame([{c: row.get(c) for c in COLUMNS} for row in rows], columns=COLUMNS)
-    frame = frame.sort_values(KEYS, kind="stable").reset_index(drop=True)
     write_text(frame.to_csv(index=False, float_format="%.4f"), out_path)
     return frame
 

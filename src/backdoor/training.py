@@ -22,6 +22,8 @@ from .augment import augment, to_float
 from .data.tensors import TensorSet
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
+# grad_fn(model, x, y, step, loss_fn) -> loss: fills .grad itself (after fit's zero_grad), e.g. SAM
+GradFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, int, LossFn], torch.Tensor]
 
 
 @dataclass
@@ -30,7 +32,9 @@ class FitConfig:
     batch_size: int = 128
     epochs: int | None = None  # shuffled passes over the data ...
     iterations: int | None = None  # ... or this many batches drawn with replacement
-    momentum: float = 0.9
+    optimizer: str = "sgd"  # sgd | adam
+    momentum: float = 0.9  # sgd
+    betas: tuple[float, float] = (0.9, 0.999)  # adam
     weight_decay: float = 0.0
     nesterov: bool = False
     schedule: str = "cosine"  # cosine (to min_lr over the whole run) or constant
@@ -78,20 +82,34 @@ def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int)
     return F.cross_entropy(model(x), y)
 
 
-def make_optimizer(params, cfg: FitConfig) -> torch.optim.SGD:
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           nesterov=cfg.nesterov)
+def backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int, loss_fn: LossFn) -> torch.Tensor:
+    """The default gradient step: loss_fn, then backward."""
+    loss = loss_fn(model, x, y, step)
+    loss.backward()
+    return loss
+
+
+def make_optimizer(params, cfg: FitConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    raise ValueError(f"optimizer {cfg.optimizer!r}: use sgd or adam")
 
 
 def fit(model: nn.Module, data: TensorSet, cfg: FitConfig, *, gen: torch.Generator,
         device: torch.device | str = "cpu", params: Iterable[torch.nn.Parameter] | None = None,
-        loss_fn: LossFn = cross_entropy, after_step: Callable[[int], None] | None = None,
-        desc: str = "train", log: Callable[[str], None] = print) -> FitResult:
-    """Train ``model`` on ``data`` with SGD; returns timing and loss statistics.
+        loss_fn: LossFn = cross_entropy, after_step: Callable[[int], bool | None] | None = None,
+        grad_fn: GradFn | None = None, desc: str = "train", log: Callable[[str], None] = print) -> FitResult:
+    """Train ``model`` on ``data`` with SGD (or Adam); returns timing and loss statistics.
 
     ``params`` (default: every parameter that requires grad) is what the optimiser updates;
     ``loss_fn(model, x, y, step)`` sees augmented float batches in [0, 1]; ``after_step(step)``
-    runs after each optimiser step.
+    runs after each optimiser step and stops training early by returning True.
+    ``grad_fn(model, x, y, step, loss_fn)`` (default: ``backward``) is called after ``zero_grad``,
+    must leave the gradients to apply in ``.grad`` and returns the loss to log (e.g. sharpness-aware
+    minimisation, which needs two forward/backward passes per step).
     """
     device = torch.device(device)
     model.to(device, memory_format=torch.channels_last).train()  # NHWC: ≈ 1.4× faster convs on CPU
@@ -116,15 +134,14 @@ def fit(model: nn.Module, data: TensorSet, cfg: FitConfig, *, gen: torch.Generat
         idx = idx.to(device)
         x = augment(to_float(x_all[idx]), cfg.crop_pad, cfg.flip, aug_gen).contiguous(
             memory_format=torch.channels_last)
-        loss = loss_fn(model, x, y_all[idx], step)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = (grad_fn or backward)(model, x, y_all[idx], step, loss_fn)
         optimizer.step()
         if sched is not None:
             sched.step()
-        if after_step is not None:
-            after_step(step)
         losses.append(loss.item())
+        if after_step is not None and after_step(step):
+            break  # the hook asked to stop early
         seen += len(idx)
         bar.update(1)
         if step % 20 == 0:

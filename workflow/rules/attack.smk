@@ -5,6 +5,8 @@ rule poison:
         "data/poisoned/{dataset}/{attack}.pt",
     params:
         values=step_params("poison"),
+    conda:
+        STUDY_ENV
     script:
         "../scripts/poison.py"
 
@@ -19,5 +21,7 @@ rule train:
     params:
         values=step_params("train"),
     threads: JOB_THREADS
+    conda:
+        STUDY_ENV
     script:
         "../scripts/train.py"

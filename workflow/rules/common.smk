@@ -1,4 +1,5 @@
 # Shared helpers: params validation, the study matrix, the params each step depends on.
+import os
 import sys
 from pathlib import Path
 
@@ -12,8 +13,12 @@ except P.ParamsError as err:
     raise WorkflowError(str(err)) from None
 
 STUDY = config["study"]
-SCRIPTS = Path(workflow.basedir) / "workflow/scripts"
-JOB_THREADS = max(1, min(4, workflow.cores or 1))  # one job uses up to 4 cores
+STUDY_ENV = "../../envs/study.yaml"  # for --sdm conda (relative to the rule files)
+CORES = workflow.cores or 1
+# A training job uses up to 4 cores. With more --cores than the machine has CPUs, Snakemake would
+# start several multi-threaded jobs on the same CPUs, which slows torch down about tenfold: then
+# each training job claims every core, so they run one at a time.
+JOB_THREADS = CORES if CORES > (os.cpu_count() or 1) else max(1, min(4, CORES))
 
 
 wildcard_constraints:

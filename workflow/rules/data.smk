@@ -3,6 +3,8 @@ rule download:
         directory("data/raw/{dataset}"),
     params:
         values=step_params("download"),
+    conda:
+        STUDY_ENV
     script:
         "../scripts/download.py"
 
@@ -14,5 +16,7 @@ rule prepare:
         "data/prepared/{dataset}.pt",
     params:
         values=step_params("prepare"),
+    conda:
+        STUDY_ENV
     script:
         "../scripts/prepare.py"

@@ -10,5 +10,7 @@ rule purify:
     params:
         values=step_params("purify"),
     threads: JOB_THREADS
+    conda:
+        STUDY_ENV
     script:
         "../scripts/purify.py"

@@ -3,6 +3,8 @@ rule aggregate:
         RUN_JSONS,
     output:
         "results/metrics.csv",
+    conda:
+        STUDY_ENV
     script:
         "../scripts/aggregate.py"
 
@@ -13,5 +15,7 @@ rule report:
     output:
         table="results/table.md",
         figures=report(FIGURES, caption="../report/figures.rst", category="Results"),
+    conda:
+        STUDY_ENV
     script:
         "../scripts/report.py"

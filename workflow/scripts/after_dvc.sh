@@ -4,8 +4,10 @@
 # re-stamp every output in DAG order and write Snakemake's metadata (workflow-notes P1, P2).
 # Refuses when the workspace does not match dvc.lock: touching stale outputs would hide changes.
 set -euo pipefail
-if [ -n "$(dvc status -q 2>&1 || echo dirty)" ] && ! dvc status 2>&1 | grep -q "up to date"; then
-  echo "after_dvc: the workspace does not match dvc.lock (see 'dvc status'); run 'dvc pull' or 'dvc repro' first" >&2
+status=$(dvc status 2>&1) || true
+if ! grep -q "Data and pipelines are up to date" <<<"$status"; then
+  echo "after_dvc: the workspace does not match dvc.lock; run 'dvc pull' or 'dvc repro' first. dvc status:" >&2
+  head -n 20 <<<"$status" >&2
   exit 1
 fi
 snakemake --touch --forceall --cores 1 --quiet all "$@"

@@ -1,9 +1,7 @@
 """Snakemake entry point: one defense on one backdoored model, scored on the test sets."""
-import torch
-
 from backdoor import steps
 
-torch.set_num_threads(snakemake.threads)
+steps.use_threads(snakemake.threads)
 values, w = snakemake.params.values, snakemake.wildcards
 ids = {"dataset": w.dataset, "model": w.model, "attack": w.attack, "defense": w.defense}
 steps.purify(snakemake.input.prepared, snakemake.input.poisoned, snakemake.input.model,

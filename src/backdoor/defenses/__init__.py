@@ -14,6 +14,13 @@ DEFENSES: dict[str, str] = {
     "nft": "backdoor.defenses.nft",
     "fmp": "backdoor.defenses.fmp",
     "sibp": "backdoor.defenses.sibp",
+    "ftsam": "backdoor.defenses.ftsam",
+    "fp": "backdoor.defenses.fp",
+    "nad": "backdoor.defenses.nad",
+    "clp": "backdoor.defenses.clp",
+    "anp": "backdoor.defenses.anp",
+    "ibau": "backdoor.defenses.ibau",
+    "rnp": "backdoor.defenses.rnp",
 }
 
 

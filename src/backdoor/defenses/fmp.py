@@ -114,6 +114,7 @@ from ..augment import augment, to_float
 from ..data.tensors import TensorSet
 from ..training import fit
 from .base import fit_config
+from .channels import ChannelMask, trace
 
 DEFAULTS = dict(
     sensitivity_batch=32, alpha=0.02, eps=0.06, prune_ratio=1 / 64, rounding="ceil",
@@ -130,38 +131,6 @@ class _Stop(Exception):
 def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
     """Every ``nn.Conv2d`` of the model by module name (registration order)."""
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-
-
-@torch.no_grad()
-def conv_batchnorms(model: nn.Module, convs: dict[str, nn.Conv2d], x: torch.Tensor) -> dict[str, list[str]]:
-    """For each conv, the BatchNorm2d layers whose input is exactly that conv's output (one traced pass)."""
-    outputs: dict[int, tuple[str, torch.Tensor]] = {}
-    found: dict[str, list[str]] = {name: [] for name in convs}
-    handles = []
-
-    def conv_hook(name):
-        def hook(module, inputs, output):
-            outputs[id(output)] = (name, output)  # keep the tensor alive so ids are not reused
-        return hook
-
-    def bn_hook(name):
-        def hook(module, inputs):
-            hit = outputs.get(id(inputs[0]))
-            if hit is not None and hit[1] is inputs[0]:
-                found[hit[0]].append(name)
-        return hook
-
-    for name, conv in convs.items():
-        handles.append(conv.register_forward_hook(conv_hook(name)))
-    for name, m in model.named_modules():
-        if isinstance(m, nn.BatchNorm2d):
-            handles.append(m.register_forward_pre_hook(bn_hook(name)))
-    try:
-        model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return found
 
 
 def _forward_to(model: nn.Module, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -271,44 +240,28 @@ def purify(model, clean: TensorSet, params, gen, device):
     # 2. per-feature-map FGSM scores, keyed by module name
     scores = feature_map_scores(model, convs, x, y, float(p["alpha"]), float(p["eps"]), gen,
                                 int(p["chunk_images"]))
-    bns = conv_batchnorms(model, convs, x[:2])
+    bns = trace(model, x[:2]).conv_bns
     t_scores = time.perf_counter() - t0
 
     # 3. prune: conv filter (+bias) and the (γ, β) of the BN that normalises that conv's output
-    masks: list[tuple[torch.Tensor, torch.Tensor]] = []
+    mask = ChannelMask()
     layers = {}
     modules = dict(model.named_modules())
     for name, conv in convs.items():
         acc, loss = scores[name]["acc"], scores[name]["loss"]
         k = n_to_prune(conv.out_channels, float(p["prune_ratio"]), p["rounding"])
         chosen = select(acc, loss, k)
-        idx_t = torch.tensor(chosen, dtype=torch.long, device=conv.weight.device)
-        targets = [conv.weight] + ([conv.bias] if conv.bias is not None else [])
-        for bn_name in bns[name]:
-            bn = modules[bn_name]
-            if bn.weight is not None:
-                targets.append(bn.weight)
-            if p["zero_bn_beta"] and bn.bias is not None:
-                targets.append(bn.bias)
-        for t in targets:
-            mask = torch.zeros(t.shape[0], dtype=torch.bool, device=t.device)
-            mask[idx_t] = True
-            with torch.no_grad():
-                t[mask] = 0
-            if chosen:
-                masks.append((t, mask))
+        mask.add(conv, None, chosen)
+        for bn_name in bns.get(name, []):
+            mask.add(None, modules[bn_name], chosen, bn_beta=bool(p["zero_bn_beta"]))
         layers[name] = {"channels": conv.out_channels, "pruned": chosen,
-                        "pruned_scores": [acc[c].item() for c in chosen], "bn": bns[name]}
+                        "pruned_scores": [acc[c].item() for c in chosen], "bn": bns.get(name, [])}
+    mask()
 
     # 4. fine-tune every parameter; the hard mask keeps pruned entries at zero
-    def hold_mask(step: int) -> None:
-        with torch.no_grad():
-            for t, mask in masks:
-                t[mask] = 0
-
     cfg = fit_config(p)
     result = fit(model, clean, cfg, gen=gen, device=device,
-                 after_step=hold_mask if p["hard_mask"] and masks else None, desc="fmp")
+                 after_step=mask if p["hard_mask"] and mask else None, desc="fmp")
     total = time.perf_counter() - t0
     return model, {
         "layers": layers,

@@ -77,6 +77,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..augment import to_float
 from ..training import fit
 from .base import fit_config
+from .channels import trace
 
 DEFAULTS: dict = {
     "lr": 0.05,
@@ -113,26 +114,12 @@ class GammaMask(nn.Module):
 def bn_forward_order(model: nn.Module, probe: torch.Tensor) -> list[tuple[str, _BatchNorm]]:
     """The affine BN layers that ``model(probe)`` calls, in the order it first calls them.
 
-    Runs in eval mode under ``no_grad``, so no running statistic changes; the mode is restored.
+    Runs in eval mode under ``no_grad`` (``channels.trace``), so no running statistic changes; the
+    mode is restored.
     """
-    names = {m: n for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.affine}
-    order: list[_BatchNorm] = []
-
-    def hook(module, _inputs):
-        if module not in order:
-            order.append(module)
-
-    handles = [m.register_forward_pre_hook(hook) for m in names]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(probe)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    return [(names[m], m) for m in order]
+    modules = dict(model.named_modules())
+    return [(name, modules[name]) for name in trace(model, probe).order
+            if isinstance(modules[name], _BatchNorm) and modules[name].affine]
 
 
 def mask_floors(n_layers: int, alpha: float, beta: float, depth: str = "index", ref_layers: int = 19) -> list[float]:

@@ -94,6 +94,7 @@ from torch import nn
 
 from ..training import fit
 from .base import fit_config
+from .channels import ChannelMask
 
 DEFAULTS = dict(u=1.9, conv_coef=0.5, epochs=10, threshold_layers="all", hard_mask=True,
                 lr=0.01, momentum=0.9, weight_decay=1.0e-4, batch_size=256, schedule="constant",
@@ -190,18 +191,18 @@ def inspect(model: nn.Module, u: float, conv_coef: float = 0.5, threshold_layers
             "kinds": {**{n: "conv" for n in convs}, **{n: "bn" for n in bns}}}
 
 
-@torch.no_grad()
-def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
-    """Zero the pruned conv filters and BN γ/β (True in a mask = pruned)."""
+def channel_mask(model: nn.Module, masks: dict[str, torch.Tensor]) -> ChannelMask:
+    """The hard mask of the pruned channels (True = pruned): conv filters (a conv bias is kept, as
+    released) and BN γ/β; calling it zeroes them."""
     modules = dict(model.named_modules())
-    for name, mask in masks.items():
-        if not mask.any():
-            continue
+    mask = ChannelMask()
+    for name, sel in masks.items():
         mod = modules[name]
-        idx = mask.to(mod.weight.device)
-        mod.weight[idx] = 0
         if isinstance(mod, nn.BatchNorm2d):
-            mod.bias[idx] = 0
+            mask.add(None, mod, sel)
+        else:
+            mask.add(mod, None, sel, conv_bias=False)
+    return mask
 
 
 def _schedule(params: dict) -> list[tuple[float, float, int]]:
@@ -237,7 +238,7 @@ def purify(model, clean, params, gen, device):
         new = found["prune"]
         for n, m in new.items():
             masks[n] = masks[n] | m if n in masks else m.clone()
-        apply_masks(model, new)
+        channel_mask(model, new)()
         record = {
             "round": j, "u": u, "conv_coef": coef, "epochs": epochs,
             "t_conv": found["t_conv"], "t_bn": found["t_bn"],
@@ -247,7 +248,7 @@ def purify(model, clean, params, gen, device):
             record[f"pruned_{kind}"] = sum(len(v) for n, v in record["pruned"].items()
                                            if found["kinds"][n] == kind)
         if epochs > 0:
-            after = (lambda step: apply_masks(model, masks)) if hard else None
+            after = channel_mask(model, masks) if hard else None
             result = fit(model, clean, fit_config(p, epochs=epochs, iterations=None), gen=gen,
                          device=device, after_step=after, desc=f"sibp round {j + 1}")
             record.update(steps=result.steps, final_loss=result.final_loss)
