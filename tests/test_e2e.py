@@ -96,9 +96,10 @@ def test_figures_are_regenerated_from_the_pulled_metrics_alone(origin, tmp_path)
     clone = tmp_path / "figures"
     sh(f"git clone -q {origin} {clone}", tmp_path)
     with open(clone / "src/backdoor/plots.py", "a") as fh:  # a researcher edits the figure code
-        fh.write("\n# restyled\n")
+        fh.write("\nopen('restyled-plots-were-used', 'w').close()\n")
     out = sh("dvc repro --pull --allow-missing report", clone)
     assert "Running stage 'report'" in out
+    assert (clone / "restyled-plots-were-used").exists()  # the clone's code ran, not an installed copy
     assert "Running stage 'train" not in out and "Running stage 'purify" not in out
     for name in ["acc_asr", "runtime"]:
         assert (clone / f"results/figures/{name}.png").stat().st_size > 1000

@@ -3,7 +3,11 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the library, installed or not
+# The library of this checkout, installed or not: for the Snakefile and, through PYTHONPATH, for
+# the jobs' scripts (so a second clone never runs another clone's installed code).
+LIBRARY = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, LIBRARY)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [LIBRARY, os.environ.get("PYTHONPATH")]))
 
 from backdoor import params as P
 
