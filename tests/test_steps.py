@@ -1,0 +1,60 @@
+"""The DAG steps' library side: poisoned sets round-trip through their files; clean budgets come
+from the defender's pool only."""
+
+import pytest
+import torch
+
+from backdoor import steps
+from backdoor.attacks import build_attack
+from backdoor.data.tensors import TensorSet
+from backdoor.io import load_tensors, save_tensors
+
+
+def prepared(n=300, pool=100, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=gen)
+    return {"dataset": "toy", "num_classes": 10, "mean": [0.5], "std": [0.5],
+            "train_x": torch.randint(0, 200, (n, 1, 28, 28), generator=gen, dtype=torch.uint8),
+            "train_y": torch.arange(n) % 10,
+            "test_x": torch.randint(0, 200, (50, 1, 28, 28), generator=gen, dtype=torch.uint8),
+            "test_y": torch.arange(50) % 10,
+            "attacker_idx": order[pool:].sort().values, "pool_idx": order[:pool].sort().values}
+
+
+def test_poisoned_file_reconstructs_the_poisoned_training_set(tmp_path):
+    prep = prepared()
+    save_tensors(prep, tmp_path / "prep.pt")
+    params = {"type": "badnets", "target": 0, "poison_rate": 0.1, "seed": 0}
+    steps.poison(str(tmp_path / "prep.pt"), str(tmp_path / "p.pt"), "badnets", params)
+    stored = load_tensors(tmp_path / "p.pt")
+    attack = build_attack("badnets", params, steps.attack_context(prep))
+    attacker = TensorSet(prep["train_x"][prep["attacker_idx"]], prep["train_y"][prep["attacker_idx"]])
+    expected = attack.poison(attacker, steps.seed_generator("poison", "badnets", 0))
+    rebuilt = steps.training_set(prep, stored)
+    assert torch.equal(rebuilt.x, expected.images) and torch.equal(rebuilt.y, expected.labels)
+    assert torch.equal(stored["poison_idx"], expected.poison_idx)
+    assert set(stored["poison_idx"].tolist()) <= set(stored["modified_idx"].tolist())
+    clean_test, triggered = steps.test_sets(prep, stored)
+    assert len(clean_test) == 50 and len(triggered) == 45 and (triggered.y_true != 0).all()
+
+
+def test_clean_budget_comes_from_the_pool_only():
+    prep = prepared()
+    pool = set(prep["pool_idx"].tolist())
+    clean = steps.select_clean(prep, 40, "random", torch.Generator().manual_seed(0))
+    again = steps.select_clean(prep, 40, "random", torch.Generator().manual_seed(0))
+    assert len(clean) == 40 and torch.equal(clean.x, again.x)
+    pool_images = {bytes(prep["train_x"][i].flatten().tolist()) for i in pool}
+    assert all(bytes(img.flatten().tolist()) in pool_images for img in clean.x)
+
+
+def test_stratified_budget_has_equal_classes_and_bad_budgets_are_named():
+    prep = prepared()
+    clean = steps.select_clean(prep, 10, "stratified", torch.Generator().manual_seed(0))
+    assert sorted(clean.y.tolist()) == list(range(10))
+    with pytest.raises(ValueError, match="exceeds the defender's pool of 100"):
+        steps.select_clean(prep, 101, "random", torch.Generator())
+    with pytest.raises(ValueError, match="at least 10"):
+        steps.select_clean(prep, 5, "stratified", torch.Generator())
+    with pytest.raises(ValueError, match="clean_sampling = 'magic'"):
+        steps.select_clean(prep, 5, "magic", torch.Generator())
