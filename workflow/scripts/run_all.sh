@@ -4,7 +4,8 @@
 set -euo pipefail
 cores="${CORES:-$(nproc)}"
 snakemake --cores "$cores" all "$@"
-if ! snakemake -n --cores 1 all 2>&1 | grep -q "Nothing to be done"; then
+pending=$(snakemake -n --cores 1 all 2>&1) || true
+if ! grep -q "Nothing to be done" <<<"$pending"; then
   echo "run_all: snakemake still has jobs pending; not recording the state in DVC" >&2
   exit 1
 fi
