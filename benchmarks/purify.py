@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 import yaml
 
 from backdoor import params as P
-from backdoor.defenses import get_defense
 from backdoor.io import load_tensors
 from backdoor.metrics import der, evaluate
 from backdoor.models import load_checkpoint
-from backdoor.steps import seed_generator, select_clean, test_sets
+from backdoor.steps import run_defense, test_sets
 
 
 def main() -> None:
@@ -58,15 +56,8 @@ def main() -> None:
         known = defense_id in config["defenses"]
         dparams = {**(P.defense_params(config, defense_id) if known else {"type": defense_id}),
                    **overrides.get(defense_id, {})}
-        clean = select_clean(prepared, args.budget, dparams.get("clean_sampling", "random"),
-                             seed_generator("clean", args.budget, args.seed))
-        model = load_checkpoint(ckpt)
-        torch.manual_seed(args.seed)
-        start = time.perf_counter()
-        model, _ = get_defense(dparams["type"])(model, clean, dparams,
-                                                 seed_generator("defense", defense_id, args.seed),
-                                                 torch.device("cpu"))
-        seconds = time.perf_counter() - start
+        model, _, _, seconds = run_defense(prepared, load_checkpoint(ckpt), defense_id, dparams, args.budget,
+                                           args.seed, torch.device("cpu"))
         scores = evaluate(model, clean_test, triggered)
         rows.append((defense_id, scores["acc"], scores["asr"], scores["ra"],
                      der(base["acc"], base["asr"], scores["acc"], scores["asr"]), seconds))

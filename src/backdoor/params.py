@@ -1,14 +1,13 @@
 """params.yaml: validation with messages that name the key, and the sections each step depends on.
 
-``STEP_KEYS`` is the single map from a DAG step to the params.yaml keys it reads: Snakemake passes
-those values as rule params (so editing them reruns the job) and the generated dvc.yaml lists the
-same keys as stage params.
+``step_keys`` is the single map from a DAG step to the params.yaml keys it reads (the generated
+dvc.yaml lists them as stage params); ``step_values`` derives the merged values a job uses from
+those keys only, and Snakemake passes them as rule params (so editing them reruns the job).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import yaml
@@ -146,10 +145,3 @@ def step_values(config: dict, step: str, **wc: str) -> dict:
     if step == "purify":
         return {"defense": defense_params(config, wc["defense"]), "device": config["device"]}
     return {}
-
-
-def lookup(config: dict, dotted: str) -> Any:
-    node = config
-    for part in dotted.split("."):
-        node = node[part]
-    return node

@@ -129,6 +129,21 @@ def select_clean(prepared: dict, budget: int, sampling: str, gen: torch.Generato
     return TensorSet(prepared["train_x"][idx], prepared["train_y"][idx])
 
 
+def run_defense(prepared: dict, model, defense_id: str, defense_params: dict, budget: int, seed: int,
+                device: torch.device):
+    """One defense on ``model`` with ``budget`` clean images from the pool, seeded by (id, seed).
+
+    Returns (purified model, info, number of clean images, seconds the defense took)."""
+    clean = select_clean(prepared, budget, defense_params.get("clean_sampling", "random"),
+                         seed_generator("clean", budget, seed))
+    defense = get_defense(defense_params["type"])
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    model, info = defense(model.to(device), clean, defense_params, seed_generator("defense", defense_id, seed),
+                          device)
+    return model, info, len(clean), time.perf_counter() - start
+
+
 def purify(prepared_path: str, poisoned_path: str, model_path: str, model_metrics_path: str,
            model_out: str, metrics_out: str, *, ids: dict, defense_params: dict, budget: int, seed: int,
            device: str = "auto") -> None:
@@ -137,19 +152,13 @@ def purify(prepared_path: str, poisoned_path: str, model_path: str, model_metric
     step_start = time.perf_counter()
     prepared = load_tensors(prepared_path)
     dev = pick_device(device)
-    clean = select_clean(prepared, budget, defense_params.get("clean_sampling", "random"),
-                         seed_generator("clean", budget, seed))
-    model = load_checkpoint(model_path).to(dev)
-    defense = get_defense(defense_params["type"])
-    torch.manual_seed(seed)
-    start = time.perf_counter()
-    model, info = defense(model, clean, defense_params, seed_generator("defense", ids["defense"], seed), dev)
-    runtime = time.perf_counter() - start
+    model, info, n_clean, runtime = run_defense(prepared, load_checkpoint(model_path), ids["defense"],
+                                                defense_params, budget, seed, dev)
     clean_test, triggered = test_sets(prepared, load_tensors(poisoned_path))
     scores = evaluate(model, clean_test, triggered)
     before = read_json(model_metrics_path)
     save_checkpoint(model.cpu(), model_out)
-    write_json({**ids, "defense_type": defense_params["type"], "clean_budget": budget, "n_clean": len(clean),
+    write_json({**ids, "defense_type": defense_params["type"], "clean_budget": budget, "n_clean": n_clean,
                 "seed": seed, **scores,
                 "der": der(before["acc"], before["asr"], scores["acc"], scores["asr"]),
                 "acc_before": before["acc"], "asr_before": before["asr"], "ra_before": before["ra"],

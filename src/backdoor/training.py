@@ -140,10 +140,10 @@ def fit(model: nn.Module, data: TensorSet, cfg: FitConfig, *, gen: torch.Generat
         if sched is not None:
             sched.step()
         losses.append(loss.item())
-        if after_step is not None and after_step(step):
-            break  # the hook asked to stop early
         seen += len(idx)
         bar.update(1)
+        if after_step is not None and after_step(step):
+            break  # the hook asked to stop early
         if step % 20 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
         if cfg.log_every and (step + 1) % cfg.log_every == 0:
