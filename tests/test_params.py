@@ -88,3 +88,25 @@ def test_step_values_come_from_step_keys_only():
             except (TypeError, KeyError, AttributeError):
                 pytest.fail(f"{step} reads {section}, which its DVC stage does not track")
             assert after == before, (step, section)
+
+
+def test_skip_removes_exactly_the_named_cells():
+    config = copy.deepcopy(SHIPPED)
+    config["study"].update(attacks=["badnets", "sig"], defenses=["none", "ft", "fp"],
+                           skip=[{"attacks": ["sig"], "defenses": ["ft", "fp"]}])
+    cells = {(r["attack"], r["defense"]) for r in P.study_runs(config)}
+    assert cells == {("badnets", "none"), ("badnets", "ft"), ("badnets", "fp"), ("sig", "none")}
+    config["study"]["skip"] = []
+    assert len(P.study_runs(config)) == 6
+
+
+def test_skip_with_an_undefined_id_is_named():
+    msg = check(lambda c: c["study"].update(skip=[{"attacks": ["wanett"], "defenses": ["fp"]}]))
+    assert "study.skip[0].attacks" in msg and "wanett" in msg
+
+
+def test_surrogate_must_be_a_defined_model_trained_without_a_crafted_trigger():
+    msg = check(lambda c: c["surrogate"].update(model="resnet"))
+    assert "surrogate.model" in msg and "'resnet'" in msg
+    msg = check(lambda c: c["surrogate"].update(attack="lc"))
+    assert "surrogate.attack" in msg and "crafted" in msg

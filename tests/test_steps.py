@@ -58,3 +58,28 @@ def test_stratified_budget_has_equal_classes_and_bad_budgets_are_named():
         steps.select_clean(prep, 5, "stratified", torch.Generator())
     with pytest.raises(ValueError, match="clean_sampling = 'magic'"):
         steps.select_clean(prep, 5, "magic", torch.Generator())
+
+
+def test_craft_then_poison_uses_the_crafted_trigger_and_needs_it(tmp_path):
+    from conftest import tiny_cnn
+    from backdoor.models import save_checkpoint
+
+    prep = prepared()
+    save_tensors(prep, tmp_path / "prep.pt")
+    model = tiny_cnn(0)
+    save_checkpoint(model, tmp_path / "benign.pt")
+    params = {"type": "trojan", "target": 0, "poison_rate": 0.1, "seed": 0, "iterations": 3, "craft_images": 8}
+    steps.craft(str(tmp_path / "prep.pt"), str(tmp_path / "benign.pt"), str(tmp_path / "asset.pt"), "trojan",
+                params, "cpu")
+    asset = load_tensors(tmp_path / "asset.pt")
+    assert asset["pattern"].shape == (1, 7, 7) and asset["attack"] == "trojan"
+    steps.poison(str(tmp_path / "prep.pt"), str(tmp_path / "p.pt"), "trojan", params, str(tmp_path / "asset.pt"))
+    stored = load_tensors(tmp_path / "p.pt")
+    images = steps.training_set(prep, stored).x[stored["poison_idx"]]
+    assert (images[:, :, 18:25, 18:25] == asset["pattern"]).all()
+    with pytest.raises(ValueError, match="craft step"):
+        steps.poison(str(tmp_path / "prep.pt"), str(tmp_path / "q.pt"), "trojan", params)
+    with pytest.raises(ValueError, match="has no craft step"):
+        steps.craft(str(tmp_path / "prep.pt"), str(tmp_path / "benign.pt"), str(tmp_path / "b.pt"), "badnets",
+                    {"type": "badnets"}, "cpu")
+    assert not (tmp_path / "q.pt").exists() and not (tmp_path / "b.pt").exists()

@@ -66,6 +66,13 @@ def _semantic_errors(config: dict) -> list[str]:
     for axis in ("datasets", "models", "attacks", "defenses", "clean_budgets", "seeds"):
         if len(set(map(str, study[axis]))) != len(study[axis]):
             errors.append(f"study.{axis}: duplicate entries in {study[axis]}")
+    for i, block in enumerate(study.get("skip") or []):
+        for axis, values in block.items():
+            known = study["datasets"] if axis == "datasets" else config[axis]
+            unknown = [v for v in values if v not in known]
+            if unknown:
+                errors.append(f"study.skip[{i}].{axis}: {unknown} are not defined under `{axis}:` (a typo "
+                              "would silently skip nothing)")
     pool = config["splits"]["clean_pool"]
     for budget in study["clean_budgets"]:
         if budget > pool:
@@ -78,6 +85,27 @@ def _semantic_errors(config: dict) -> list[str]:
             errors.append(f"attacks.{ident}.poison_rate: {rate} must be in (0, 1)")
         if merged.get("type") == "benign" and merged.get("probe", "badnets") not in ATTACKS:
             errors.append(f"attacks.{ident}.probe: {merged.get('probe')!r} is not an attack type")
+    if any(merged_type(config, a) in ATTACKS and is_crafted(config, a) for a in study["attacks"]):
+        errors += _surrogate_errors(config, config["surrogate"])
+    return errors
+
+
+def merged_type(config: dict, attack: str) -> str | None:
+    return attack_params(config, attack)["type"] if attack in config["attacks"] else None
+
+
+def _surrogate_errors(config: dict, surrogate: dict) -> list[str]:
+    """The surrogate of crafted attacks must be a defined model trained on a non-crafted attack."""
+    key = "surrogate"
+    errors = []
+    if surrogate["model"] not in config["models"]:
+        errors.append(f"{key}.model: {surrogate['model']!r} is not defined under `models:`")
+    source = surrogate["attack"]
+    if source not in config["attacks"]:
+        errors.append(f"{key}.attack: {source!r} is not defined under `attacks:`")
+    elif attack_params(config, source)["type"] in ATTACKS and is_crafted(config, source):
+        errors.append(f"{key}.attack: {source!r} is itself crafted; the surrogate must be trained without "
+                      "a crafted trigger (use the benign attack)")
     return errors
 
 
@@ -100,11 +128,39 @@ def load(path: str | Path, schema_path: str | Path) -> dict:
     return validate(config, schema_path)
 
 
+# -- the study matrix ------------------------------------------------------------------------------
+
+AXES = {"datasets": "dataset", "models": "model", "attacks": "attack", "defenses": "defense"}
+
+
+def study_runs(config: dict) -> list[dict]:
+    """Every purification run of the study: the product of ``study``'s axes minus ``study.skip``."""
+    import itertools
+
+    study = config["study"]
+    runs = []
+    for dataset, model, attack, defense, budget, seed in itertools.product(
+            study["datasets"], study["models"], study["attacks"], study["defenses"], study["clean_budgets"],
+            study["seeds"]):
+        run = dict(dataset=dataset, model=model, attack=attack, defense=defense, budget=budget, seed=seed)
+        if not any(all(run[AXES[axis]] in values for axis, values in block.items())
+                   for block in study.get("skip") or []):
+            runs.append(run)
+    return runs
+
+
 # -- what each step reads -------------------------------------------------------------------------
 
 def attack_params(config: dict, attack: str) -> dict:
     return {**config["attack_defaults"], **config["attacks"][attack],
             "type": config["attacks"][attack].get("type", attack)}
+
+
+def is_crafted(config: dict, attack: str) -> bool:
+    """Whether the attack needs a craft step (a trigger or images optimised on a surrogate)."""
+    from .attacks import attack_class
+
+    return attack_class(attack_params(config, attack)["type"]).crafted
 
 
 def defense_params(config: dict, defense: str) -> dict:
@@ -121,6 +177,7 @@ def step_keys(step: str, **wc: str) -> list[str]:
     keys = {
         "download": ["data"],
         "prepare": ["splits"],
+        "craft": ["attack_defaults", f"attacks.{wc.get('attack')}", "device"],  # + the surrogate's file
         "poison": ["attack_defaults", f"attacks.{wc.get('attack')}"],
         "train": ["train", f"models.{wc.get('model')}", "device"],
         "purify": ["defense_defaults", f"defenses.{wc.get('defense')}", "device"],
@@ -140,6 +197,8 @@ def step_values(config: dict, step: str, **wc: str) -> dict:
         return {"splits": config["splits"]}
     if step == "poison":
         return {"attack": attack_params(config, wc["attack"])}
+    if step == "craft":
+        return {"attack": attack_params(config, wc["attack"]), "device": config["device"]}
     if step == "train":
         return {"model": model_params(config, wc["model"]), "train": config["train"], "device": config["device"]}
     if step == "purify":

@@ -53,10 +53,38 @@ def attack_context(prepared: dict) -> AttackContext:
     return AttackContext(num_classes=prepared["num_classes"], channels=c, size=h)
 
 
-def poison(prepared_path: str, out_path: str, attack_id: str, attack_params: dict) -> None:
+def attacker_set(prepared: dict) -> TensorSet:
+    """The attacker's clean training set (disjoint from the defender's pool)."""
+    idx = prepared["attacker_idx"]
+    return TensorSet(prepared["train_x"][idx], prepared["train_y"][idx])
+
+
+def craft(prepared_path: str, surrogate_path: str, out_path: str, attack_id: str, attack_params: dict,
+          device: str = "auto") -> None:
+    """Optimise a crafted attack's trigger or images against the clean surrogate model."""
+    start = time.perf_counter()
     prepared = load_tensors(prepared_path)
     attack = build_attack(attack_params["type"], attack_params, attack_context(prepared))
-    attacker = TensorSet(prepared["train_x"][prepared["attacker_idx"]], prepared["train_y"][prepared["attacker_idx"]])
+    if not attack.crafted:
+        raise ValueError(f"attack {attack_id!r} (type {attack_params['type']}) has no craft step")
+    dev = pick_device(device)
+    torch.manual_seed(attack_params.get("seed", 0))
+    asset = attack.craft(attacker_set(prepared), load_checkpoint(surrogate_path),
+                         seed_generator("craft", attack_id, attack_params.get("seed", 0)), dev)
+    save_tensors({**asset, "attack": attack_id, "params": attack_params,
+                  "craft_seconds": time.perf_counter() - start}, out_path)
+    print(f"craft {attack_id}: {time.perf_counter() - start:.1f} s")
+
+
+def poison(prepared_path: str, out_path: str, attack_id: str, attack_params: dict,
+           asset_path: str | None = None) -> None:
+    prepared = load_tensors(prepared_path)
+    attack = build_attack(attack_params["type"], attack_params, attack_context(prepared))
+    if attack.crafted:
+        if asset_path is None:
+            raise ValueError(f"attack {attack_id!r} needs the output of its craft step")
+        attack.use_asset(load_tensors(asset_path))
+    attacker = attacker_set(prepared)
     poisoned = attack.poison(attacker, seed_generator("poison", attack_id, attack_params.get("seed", 0)))
     test = attack.triggered_test(TensorSet(prepared["test_x"], prepared["test_y"]))
     modified = (poisoned.images != attacker.x).flatten(1).any(1).nonzero().flatten()
@@ -67,12 +95,12 @@ def poison(prepared_path: str, out_path: str, attack_id: str, attack_params: dic
         "poison_idx": poisoned.poison_idx,
         "test_x": test.x, "test_y_true": test.y_true, "test_y_target": test.y_target,
     }, out_path)
-    print(f"poison {attack_id}: {len(poisoned.poison_idx)} poisoned of {len(attacker)} training images, "
-          f"{len(test)} triggered test images")
+    print(f"poison {attack_id}: {len(poisoned.poison_idx)} poisoned of {len(attacker)} training images "
+          f"({len(modified)} modified), {len(test)} triggered test images")
 
 
 def training_set(prepared: dict, poisoned: dict) -> TensorSet:
-    images = prepared["train_x"][prepared["attacker_idx"]].clone()
+    images = attacker_set(prepared).x.clone()
     images[poisoned["modified_idx"]] = poisoned["modified_images"]
     return TensorSet(images, poisoned["labels"])
 

@@ -57,8 +57,8 @@ def markdown_report(frame: pd.DataFrame) -> str:
         parts.append(_markdown(part[["attack", "defense", "ACC", "ASR", "RA", "DER", "seconds", "seeds"]]))
         pivot = part.assign(cell=part["ACC"] + " / " + part["ASR"]).pivot(
             index="attack", columns="defense", values="cell")
-        pivot = pivot.reindex(index=part["attack"].unique(), columns=part["defense"].unique())
-        parts.append("\n\nACC / ASR per attack (rows) and defense (columns):\n")
+        pivot = pivot.reindex(index=part["attack"].unique(), columns=part["defense"].unique()).fillna("—")
+        parts.append("\n\nACC / ASR per attack (rows) and defense (columns); — = left out by study.skip:\n")
         parts.append(_markdown(pivot.reset_index()))
         parts.append("")
     return "\n".join(parts) + "\n"

@@ -1,6 +1,21 @@
+rule craft:
+    input:
+        prepared="data/prepared/{dataset}.pt",
+        surrogate=surrogate_model,
+    output:
+        "results/assets/{dataset}/{attack}.pt",
+    params:
+        values=step_params("craft"),
+    threads: JOB_THREADS
+    conda:
+        STUDY_ENV
+    script:
+        "../scripts/craft.py"
+
+
 rule poison:
     input:
-        "data/prepared/{dataset}.pt",
+        unpack(poison_inputs),
     output:
         "data/poisoned/{dataset}/{attack}.pt",
     params:

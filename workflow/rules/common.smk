@@ -44,14 +44,22 @@ def step_params(step):
     return values
 
 
-RUN_JSONS = expand(
-    "results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}.json",
-    dataset=STUDY["datasets"],
-    model=STUDY["models"],
-    attack=STUDY["attacks"],
-    defense=STUDY["defenses"],
-    budget=STUDY["clean_budgets"],
-    seed=STUDY["seeds"],
-)
+def surrogate_model(wildcards):
+    """The clean model a crafted attack (trojan, lc, input_aware) is optimised against."""
+    s = config["surrogate"]
+    return f"results/models/{wildcards.dataset}/{s['model']}/{s['attack']}/seed{s['seed']}.pt"
+
+
+def poison_inputs(wildcards):
+    inputs = {"prepared": f"data/prepared/{wildcards.dataset}.pt"}
+    if P.is_crafted(config, wildcards.attack):
+        inputs["asset"] = f"results/assets/{wildcards.dataset}/{wildcards.attack}.pt"
+    return inputs
+
+
+RUN_JSONS = [
+    "results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}.json".format(**run)
+    for run in P.study_runs(config)
+]
 FIGURES = expand("results/figures/{name}.{ext}", name=["acc_asr", "runtime"], ext=["png", "svg"])
 REPORT_OUTPUTS = ["results/metrics.csv", "results/table.md", *FIGURES]

@@ -8,6 +8,11 @@ ATTACKS: dict[str, str] = {
     "benign": "backdoor.attacks.benign:Benign",
     "badnets": "backdoor.attacks.badnets:BadNets",
     "blend": "backdoor.attacks.blend:Blend",
+    "trojan": "backdoor.attacks.trojan:Trojan",
+    "sig": "backdoor.attacks.sig:SIG",
+    "wanet": "backdoor.attacks.wanet:WaNet",
+    "lc": "backdoor.attacks.lc:LabelConsistent",
+    "input_aware": "backdoor.attacks.input_aware:InputAware",
 }
 
 

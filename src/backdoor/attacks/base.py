@@ -1,9 +1,17 @@
 """What every attack shares: poisoned-index selection, label maps, the triggered test set.
 
 Contract (architecture.md): triggers act on uint8 pixels (N, C, H, W) before augmentation and
-normalisation. Dirty-label attacks draw ``round(poison_rate × N)`` indices uniformly from the whole
-training set (target class included, as BackdoorBench does) and relabel them; clean-label attacks
-draw only from the target class and keep labels. All-to-all maps y → (y + 1) mod K.
+normalisation. ``poison_rate`` always counts the whole attacker training set: dirty-label attacks
+draw ``round(poison_rate × N)`` indices uniformly from it (target class included, as BackdoorBench
+does) and relabel them; clean-label attacks (SIG, LC) draw ``min(round(poison_rate × N), #target)``
+images of the target class only (BackdoorBench's and backdoor-toolbox's count: at 0.1 on ten
+balanced classes that is every target-class image) and keep their labels. All-to-all maps
+y → (y + 1) mod K.
+
+Attacks whose trigger or poisoned images are optimised against a model (TrojanNN, LC, input-aware)
+set ``crafted = True``: the DAG's craft step calls ``craft`` once with the attacker's clean
+surrogate model (the study's benign model) and saves what it returns; the poison step hands that
+asset to ``use_asset`` before poisoning.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ..data.tensors import TensorSet, TriggeredSet
 
@@ -40,6 +49,7 @@ class Attack:
     """Base class: subclasses implement ``apply_trigger`` (and may override ``poison``)."""
 
     clean_label = False
+    crafted = False  # True: needs ``craft`` on a clean surrogate model (its own DAG step) first
 
     def __init__(self, params: dict, ctx: AttackContext):
         self.params = params
@@ -50,10 +60,24 @@ class Attack:
         if not 0 <= self.target < ctx.num_classes:
             raise ValueError(f"target = {self.target} is not a class of this dataset "
                              f"(0..{ctx.num_classes - 1})")
+        if self.clean_label and self.all_to_all:
+            raise ValueError(f"all_to_all = true: {type(self).__name__} is a clean-label attack, which "
+                             "poisons only target-class images and has no all-to-all variant")
 
     # -- the trigger ---------------------------------------------------------------------------
     def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    # -- crafted attacks -----------------------------------------------------------------------
+    def craft(self, data: TensorSet, surrogate: nn.Module, gen: torch.Generator,
+              device: torch.device) -> dict:
+        """Optimise what the attack needs against ``surrogate`` on the attacker's clean ``data``;
+        returns a dict of tensors (and plain values) that ``use_asset`` accepts, and uses it."""
+        raise NotImplementedError(f"{type(self).__name__} is not a crafted attack")
+
+    def use_asset(self, asset: dict) -> None:
+        """Load what ``craft`` returned (the poison step calls this before ``poison``)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a crafted attack")
 
     # -- labels --------------------------------------------------------------------------------
     def attacker_labels(self, labels: torch.Tensor) -> torch.Tensor:
@@ -64,11 +88,11 @@ class Attack:
     # -- poisoning -----------------------------------------------------------------------------
     def select_poison_idx(self, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         count = round(self.poison_rate * len(labels))
-        candidates = (labels == self.target).nonzero().flatten() if self.clean_label \
-            else torch.arange(len(labels))
-        if count > len(candidates):
-            raise ValueError(f"poison_rate = {self.poison_rate} asks for {count} poisoned images but only "
-                             f"{len(candidates)} are eligible (clean-label attacks poison target-class images)")
+        if self.clean_label:  # at most every target-class image (see the module docstring)
+            candidates = (labels == self.target).nonzero().flatten()
+            count = min(count, len(candidates))
+        else:
+            candidates = torch.arange(len(labels))
         return candidates[torch.randperm(len(candidates), generator=gen)[:count]].sort().values
 
     def poison(self, train: TensorSet, gen: torch.Generator) -> PoisonedSet:

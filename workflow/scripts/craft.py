@@ -1,0 +1,6 @@
+"""Snakemake entry point: optimise a crafted attack's trigger or images against the clean surrogate."""
+from backdoor import steps
+
+steps.use_threads(snakemake.threads)
+steps.craft(snakemake.input.prepared, snakemake.input.surrogate, snakemake.output[0],
+            snakemake.wildcards.attack, snakemake.params.values["attack"], snakemake.params.values["device"])
