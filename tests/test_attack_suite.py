@@ -158,3 +158,17 @@ def test_lc_craft_stays_in_the_eps_ball_and_poisons_target_images_with_labels_ke
     assert torch.equal(again["images"], asset["images"])
     with pytest.raises(ValueError, match="another training set"):
         attack.poison(data(100), gen())
+
+
+@pytest.mark.parametrize("kind", ["wanet", "trojan"])
+def test_all_to_all_variants_shift_labels_and_keep_every_test_image(kind):
+    params = {"all_to_all": True, "iterations": 2, "craft_images": 8}
+    attack = build_attack(kind, params, CTX)
+    if attack.crafted:
+        attack.craft(data(), surrogate(), gen(), torch.device("cpu"))
+    train = data(200)
+    poisoned = attack.poison(train, gen())
+    idx = poisoned.poison_idx
+    assert len(idx) == 20 and torch.equal(poisoned.labels[idx], (train.y[idx] + 1) % 10)
+    test = attack.triggered_test(data(30))
+    assert len(test) == 30 and torch.equal(test.y_target, (test.y_true + 1) % 10)

@@ -22,7 +22,7 @@ first milestone lies at epoch 100).
 
 Params (``attacks.<id>`` in params.yaml, defaults in brackets): ``mask_density`` [0.032],
 ``lambda_div`` [1.0], ``lambda_norm`` [100.0], ``cross_ratio`` [1.0], ``mask_epochs`` [2]
-(M pre-training), ``epochs`` [2] (joint C + G), ``lr_c`` [0.01], ``lr_g`` [0.01] (G and M),
+(M pre-training), ``epochs`` [5] (joint C + G), ``lr_c`` [0.01], ``lr_g`` [0.01] (G and M),
 ``batch_size`` [128], ``crop_pad`` [2], ``flip`` [true]; plus the common ``poison_rate``,
 ``target``, ``all_to_all``. ``poison_rate·(1 + cross_ratio)`` must be ≤ 1.
 
@@ -37,7 +37,9 @@ Deviations from BackdoorBench, and why:
 2. **Short crafting from the surrogate.** Instead of training C from scratch for hundreds of
    epochs (not affordable on the study's CPU budget), the jointly trained C starts from a copy of
    the attacker's clean surrogate (the study's benign model, left unchanged) and trains for
-   ``epochs`` (2) after ``mask_epochs`` (2) of mask pre-training (BackdoorBench: 25 and ~1000).
+   ``epochs`` (5) after ``mask_epochs`` (2) of mask pre-training (BackdoorBench: 25 and ~1000). On
+   Fashion-MNIST the jointly trained C reaches 76% ASR on held-out images after 2 joint epochs and
+   93% after 5 (``craft_asr`` in the asset), hence 5.
 3. **One training loop.** Both phases run through ``training.fit``: mask pre-training as a fit of
    M with Adam and a custom ``loss_fn``; the joint phase as a fit of C with SGD whose ``loss_fn``
    builds the mixed batch and returns CE + λ_div·div_G, and whose ``after_step`` hook steps a
@@ -74,7 +76,7 @@ EPS = 1e-7
 WIDTH = 16  # generator channels at full resolution (2× at half resolution)
 CHUNK = 1024  # images per generator call in apply_trigger
 DEFAULTS = dict(mask_density=0.032, lambda_div=1.0, lambda_norm=100.0, cross_ratio=1.0, mask_epochs=2,
-                epochs=2, lr_c=0.01, lr_g=0.01, batch_size=128, crop_pad=2, flip=True)
+                epochs=5, lr_c=0.01, lr_g=0.01, batch_size=128, crop_pad=2, flip=True)
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
