@@ -172,3 +172,33 @@ def test_all_to_all_variants_shift_labels_and_keep_every_test_image(kind):
     assert len(idx) == 20 and torch.equal(poisoned.labels[idx], (train.y[idx] + 1) % 10)
     test = attack.triggered_test(data(30))
     assert len(test) == 30 and torch.equal(test.y_target, (test.y_true + 1) % 10)
+
+
+TINY_CRAFT = {"trojan": {"iterations": 2, "craft_images": 8}, "lc": {"steps": 1},
+              "input_aware": {"mask_epochs": 1, "epochs": 1, "batch_size": 32}}
+
+
+@pytest.mark.parametrize("kind", ["badnets", "blend", "trojan", "sig", "wanet", "lc", "input_aware"])
+def test_every_attack_poisons_the_stated_count_deterministically_and_tests_off_target(kind):
+    train = data(200)  # 20 images per class
+
+    def poisoned_once():
+        attack = build_attack(kind, {"target": 0, "poison_rate": 0.05, **TINY_CRAFT.get(kind, {})}, CTX)
+        if attack.crafted:
+            attack.craft(train, surrogate(), gen(), torch.device("cpu"))
+        return attack, attack.poison(train, gen(1))
+
+    attack, first = poisoned_once()
+    _, second = poisoned_once()
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    idx = first.poison_idx
+    assert len(idx) == 10 and torch.equal(first.original_labels, train.y)
+    if attack.clean_label:
+        assert torch.equal(first.labels, train.y) and (train.y[idx] == 0).all()
+    else:
+        assert (first.labels[idx] == 0).all()
+    rest = torch.ones(200, dtype=torch.bool)
+    rest[idx] = False
+    assert torch.equal(first.labels[rest], train.y[rest])  # only poisoned samples are relabelled
+    test = attack.triggered_test(data(50))
+    assert len(test) == 45 and (test.y_true != 0).all() and (test.y_target == 0).all()
