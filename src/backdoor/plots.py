@@ -29,8 +29,11 @@ def _heatmap(ax, table: pd.DataFrame, title: str, cmap: str) -> None:
     ax.set_xlabel("defense")
     ax.set_ylabel("attack")
     ax.set_title(title)
+    ax.set_facecolor("0.92")  # cells not in the study (study.skip) stay grey and say so
     for (i, j), v in np.ndenumerate(values):
-        if not np.isnan(v):
+        if np.isnan(v):
+            ax.text(j, i, "—", ha="center", va="center", fontsize=8, color="0.55")
+        else:
             ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8,
                     color="white" if v > 60 else "black")  # both colour maps are dark at 100
     return image
