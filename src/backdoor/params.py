@@ -85,26 +85,27 @@ def _semantic_errors(config: dict) -> list[str]:
             errors.append(f"attacks.{ident}.poison_rate: {rate} must be in (0, 1)")
         if merged.get("type") == "benign" and merged.get("probe", "badnets") not in ATTACKS:
             errors.append(f"attacks.{ident}.probe: {merged.get('probe')!r} is not an attack type")
-    if any(merged_type(config, a) in ATTACKS and is_crafted(config, a) for a in study["attacks"]):
+    if any(_known_and_crafted(config, a) for a in study["attacks"]):
         errors += _surrogate_errors(config, config["surrogate"])
     return errors
 
 
-def merged_type(config: dict, attack: str) -> str | None:
-    return attack_params(config, attack)["type"] if attack in config["attacks"] else None
+def _known_and_crafted(config: dict, attack: str) -> bool:
+    """is_crafted for ids whose definition may be missing or mistyped (reported elsewhere)."""
+    return (attack in config["attacks"] and attack_params(config, attack)["type"] in ATTACKS
+            and is_crafted(config, attack))
 
 
 def _surrogate_errors(config: dict, surrogate: dict) -> list[str]:
     """The surrogate of crafted attacks must be a defined model trained on a non-crafted attack."""
-    key = "surrogate"
     errors = []
     if surrogate["model"] not in config["models"]:
-        errors.append(f"{key}.model: {surrogate['model']!r} is not defined under `models:`")
+        errors.append(f"surrogate.model: {surrogate['model']!r} is not defined under `models:`")
     source = surrogate["attack"]
     if source not in config["attacks"]:
-        errors.append(f"{key}.attack: {source!r} is not defined under `attacks:`")
-    elif attack_params(config, source)["type"] in ATTACKS and is_crafted(config, source):
-        errors.append(f"{key}.attack: {source!r} is itself crafted; the surrogate must be trained without "
+        errors.append(f"surrogate.attack: {source!r} is not defined under `attacks:`")
+    elif _known_and_crafted(config, source):
+        errors.append(f"surrogate.attack: {source!r} is itself crafted; the surrogate must be trained without "
                       "a crafted trigger (use the benign attack)")
     return errors
 

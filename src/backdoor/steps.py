@@ -68,12 +68,13 @@ def craft(prepared_path: str, surrogate_path: str, out_path: str, attack_id: str
     if not attack.crafted:
         raise ValueError(f"attack {attack_id!r} (type {attack_params['type']}) has no craft step")
     dev = pick_device(device)
-    torch.manual_seed(attack_params.get("seed", 0))
+    seed = attack_params.get("seed", 0)
+    torch.manual_seed(seed)
     asset = attack.craft(attacker_set(prepared), load_checkpoint(surrogate_path),
-                         seed_generator("craft", attack_id, attack_params.get("seed", 0)), dev)
-    save_tensors({**asset, "attack": attack_id, "params": attack_params,
-                  "craft_seconds": time.perf_counter() - start}, out_path)
-    print(f"craft {attack_id}: {time.perf_counter() - start:.1f} s")
+                         seed_generator("craft", attack_id, seed), dev)
+    seconds = time.perf_counter() - start
+    save_tensors({**asset, "attack": attack_id, "params": attack_params, "craft_seconds": seconds}, out_path)
+    print(f"craft {attack_id}: {seconds:.1f} s")
 
 
 def poison(prepared_path: str, out_path: str, attack_id: str, attack_params: dict,

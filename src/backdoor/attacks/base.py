@@ -95,6 +95,15 @@ class Attack:
             candidates = torch.arange(len(labels))
         return candidates[torch.randperm(len(candidates), generator=gen)[:count]].sort().values
 
+    @staticmethod
+    def select_cross_idx(n: int, poison_idx: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor:
+        """``count`` sorted indices among the ``n`` images outside ``poison_idx``: the "cross" / noise
+        samples of WaNet and input-aware, which carry a perturbed trigger and keep their labels."""
+        rest = torch.ones(n, dtype=torch.bool)
+        rest[poison_idx] = False
+        others = rest.nonzero().flatten()
+        return others[torch.randperm(len(others), generator=gen)[:count]].sort().values
+
     def poison(self, train: TensorSet, gen: torch.Generator) -> PoisonedSet:
         idx = self.select_poison_idx(train.y, gen)
         images, labels = train.x.clone(), train.y.clone()

@@ -189,13 +189,10 @@ class InputAware(Attack):
         n = len(train)
         idx = self.select_poison_idx(train.y, gen)
         n_cross = round(self.cross_ratio * len(idx))
-        keep = torch.ones(n, dtype=torch.bool)
-        keep[idx] = False
-        rest = keep.nonzero().flatten()
-        if n_cross > len(rest) or (n_cross and n < 2):
+        if n_cross > n - len(idx) or (n_cross and n < 2):
             raise ValueError(f"input-aware: {n_cross} cross samples do not fit beside {len(idx)} poisoned "
                              f"ones in {n} images (lower cross_ratio or poison_rate)")
-        cross = rest[torch.randperm(len(rest), generator=gen)[:n_cross]].sort().values
+        cross = self.select_cross_idx(n, idx, n_cross, gen)
         partner = _other_index(n, n_cross, gen, base=cross)  # another training image's trigger
         images, labels = train.x.clone(), train.y.clone()
         images[idx] = self.apply_trigger(train.x[idx])

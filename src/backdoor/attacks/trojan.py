@@ -84,27 +84,26 @@ class Trojan(Attack):
             surrogate(x)
             return F.mse_loss(features["x"][:, neurons], torch.full_like(features["x"][:, neurons], self.target_value))
 
+        @torch.no_grad()
+        def mean_activation(p: torch.Tensor) -> float:
+            neuron_loss(p)  # fills features["x"]
+            return features["x"][:, neurons].mean().item()
+
         try:
-            with torch.no_grad():
-                start_activation = self._activation(neuron_loss, pattern, features, neurons)
+            start_activation = mean_activation(pattern)
             for _ in range(self.iterations):
                 pattern.requires_grad_(True)
                 grad, = torch.autograd.grad(neuron_loss(pattern), pattern)
                 pattern = (pattern.detach() - self.step_size * grad.sign()).clamp_(0, 1)
-            with torch.no_grad():
-                end_activation = self._activation(neuron_loss, pattern, features, neurons)
+            end_activation = mean_activation(pattern)
         finally:
             hook.remove()
-        self.pattern = (pattern * 255).round().to(torch.uint8).cpu()
         print(f"trojan: neurons {neurons.tolist()} mean activation {start_activation:.2f} → {end_activation:.2f} "
               f"(target {self.target_value})")
-        return {"pattern": self.pattern, "neurons": neurons.cpu(), "activation_before": start_activation,
-                "activation_after": end_activation}
-
-    @staticmethod
-    def _activation(loss_fn, pattern, features, neurons) -> float:
-        loss_fn(pattern)
-        return features["x"][:, neurons].mean().item()
+        asset = {"pattern": (pattern * 255).round().to(torch.uint8).cpu(), "neurons": neurons.cpu(),
+                 "activation_before": start_activation, "activation_after": end_activation}
+        self.use_asset(asset)
+        return asset
 
     def use_asset(self, asset: dict) -> None:
         pattern = asset["pattern"]

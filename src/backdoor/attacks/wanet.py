@@ -66,11 +66,8 @@ class WaNet(Attack):
 
     def poison(self, train: TensorSet, gen: torch.Generator) -> PoisonedSet:
         idx = self.select_poison_idx(train.y, gen)
-        rest = torch.ones(len(train), dtype=torch.bool)
-        rest[idx] = False
-        others = rest.nonzero().flatten()
-        n_cross = min(round(self.cross_ratio * len(idx)), len(others))
-        cross = others[torch.randperm(len(others), generator=gen)[:n_cross]].sort().values
+        n_cross = min(round(self.cross_ratio * len(idx)), len(train) - len(idx))
+        cross = self.select_cross_idx(len(train), idx, n_cross, gen)
         images, labels = train.x.clone(), train.y.clone()
         images[idx] = self.apply_trigger(train.x[idx])
         labels[idx] = self.attacker_labels(train.y[idx])
