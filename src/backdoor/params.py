@@ -178,16 +178,20 @@ def step_keys(step: str, **wc: str) -> list[str]:
     keys = {
         "download": ["data"],
         "prepare": ["splits"],
-        "craft": ["attack_defaults", f"attacks.{wc.get('attack')}", "device"],  # + the surrogate's file
+        "craft": ["attack_defaults", f"attacks.{wc.get('attack')}", "device", "precision"],  # + surrogate
         "poison": ["attack_defaults", f"attacks.{wc.get('attack')}"],
-        "train": ["train", f"models.{wc.get('model')}", "device"],
-        "purify": ["defense_defaults", f"defenses.{wc.get('defense')}", "device"],
+        "train": ["train", f"models.{wc.get('model')}", "device", "precision"],
+        "purify": ["defense_defaults", f"defenses.{wc.get('defense')}", "device", "precision"],
         "aggregate": [],
         "report": [],
     }
     if step not in keys:
         raise KeyError(f"unknown step {step!r}")
     return keys[step]
+
+
+def _runtime(config: dict) -> dict:
+    return {"device": config["device"], "precision": config["precision"]}
 
 
 def step_values(config: dict, step: str, **wc: str) -> dict:
@@ -199,9 +203,9 @@ def step_values(config: dict, step: str, **wc: str) -> dict:
     if step == "poison":
         return {"attack": attack_params(config, wc["attack"])}
     if step == "craft":
-        return {"attack": attack_params(config, wc["attack"]), "device": config["device"]}
+        return {"attack": attack_params(config, wc["attack"]), **_runtime(config)}
     if step == "train":
-        return {"model": model_params(config, wc["model"]), "train": config["train"], "device": config["device"]}
+        return {"model": model_params(config, wc["model"]), "train": config["train"], **_runtime(config)}
     if step == "purify":
-        return {"defense": defense_params(config, wc["defense"]), "device": config["device"]}
+        return {"defense": defense_params(config, wc["defense"]), **_runtime(config)}
     return {}

@@ -17,7 +17,7 @@ from .data.download import fetch_dataset
 from .data.prepare import SplitParams, prepare
 from .data.tensors import TensorSet, TriggeredSet
 from .defenses import get_defense
-from .device import pick_device
+from .device import autocast, pick_device, resolve_precision
 from .io import load_tensors, read_json, save_tensors, write_json
 from .metrics import der, evaluate
 from .models import build_model, load_checkpoint, save_checkpoint
@@ -27,6 +27,11 @@ from .training import FitConfig, fit
 def use_threads(threads: int) -> None:
     """Torch threads for this job: what the scheduler granted, never more than the machine's CPUs."""
     torch.set_num_threads(max(1, min(int(threads), os.cpu_count() or 1)))
+
+
+def runtime_info(dev: torch.device, precision: str) -> dict:
+    """What a job's timings depend on, recorded in its metrics json."""
+    return {"device": str(dev), "precision": precision, "threads": torch.get_num_threads()}
 
 
 def seed_generator(*parts) -> torch.Generator:
@@ -60,7 +65,7 @@ def attacker_set(prepared: dict) -> TensorSet:
 
 
 def craft(prepared_path: str, surrogate_path: str, out_path: str, attack_id: str, attack_params: dict,
-          device: str = "auto") -> None:
+          device: str = "auto", precision: str = "auto") -> None:
     """Optimise a crafted attack's trigger or images against the clean surrogate model."""
     start = time.perf_counter()
     prepared = load_tensors(prepared_path)
@@ -68,12 +73,15 @@ def craft(prepared_path: str, surrogate_path: str, out_path: str, attack_id: str
     if not attack.crafted:
         raise ValueError(f"attack {attack_id!r} (type {attack_params['type']}) has no craft step")
     dev = pick_device(device)
+    precision = resolve_precision(precision, dev)
     seed = attack_params.get("seed", 0)
     torch.manual_seed(seed)
-    asset = attack.craft(attacker_set(prepared), load_checkpoint(surrogate_path),
-                         seed_generator("craft", attack_id, seed), dev)
+    with autocast(precision, dev):
+        asset = attack.craft(attacker_set(prepared), load_checkpoint(surrogate_path),
+                             seed_generator("craft", attack_id, seed), dev)
     seconds = time.perf_counter() - start
-    save_tensors({**asset, "attack": attack_id, "params": attack_params, "craft_seconds": seconds}, out_path)
+    save_tensors({**asset, "attack": attack_id, "params": attack_params, "craft_seconds": seconds,
+                  **runtime_info(dev, precision)}, out_path)
     print(f"craft {attack_id}: {seconds:.1f} s")
 
 
@@ -112,24 +120,26 @@ def test_sets(prepared: dict, poisoned: dict) -> tuple[TensorSet, TriggeredSet]:
 
 
 def train(prepared_path: str, poisoned_path: str, model_out: str, metrics_out: str, model_params: dict,
-          train_params: dict, seed: int, device: str = "auto") -> None:
+          train_params: dict, seed: int, device: str = "auto", precision: str = "auto") -> None:
     start = time.perf_counter()
     prepared, poisoned = load_tensors(prepared_path), load_tensors(poisoned_path)
     dev = pick_device(device)
+    precision = resolve_precision(precision, dev)
     torch.manual_seed(seed)
     arch_params = {k: v for k, v in model_params.items() if k != "type"}
     model = build_model(model_params["type"], prepared["train_x"].shape[1], prepared["num_classes"],
                         prepared["mean"], prepared["std"], **arch_params)
     data = training_set(prepared, poisoned)
-    result = fit(model, data, FitConfig.from_params(train_params), gen=seed_generator("train", seed),
-                 device=dev, desc=f"train {poisoned['attack']}")
     clean_test, triggered = test_sets(prepared, poisoned)
-    scores = evaluate(model, clean_test, triggered)
+    with autocast(precision, dev):
+        result = fit(model, data, FitConfig.from_params(train_params), gen=seed_generator("train", seed),
+                     device=dev, desc=f"train {poisoned['attack']}")
+        scores = evaluate(model, clean_test, triggered)
     save_checkpoint(model.cpu(), model_out)
     write_json({**scores, "attack": poisoned["attack"], "n_poisoned": len(poisoned["poison_idx"]),
                 "n_train": len(data), "seed": seed, "train_seconds": result.seconds,
                 "images_per_s": result.images_per_s, "final_loss": result.final_loss,
-                "runtime_s": time.perf_counter() - start, "device": str(dev)}, metrics_out)
+                "runtime_s": time.perf_counter() - start, **runtime_info(dev, precision)}, metrics_out)
     print(f"train {poisoned['attack']}: ACC {scores['acc']:.2f}  ASR {scores['asr']:.2f}  RA {scores['ra']:.2f}")
 
 
@@ -159,8 +169,9 @@ def select_clean(prepared: dict, budget: int, sampling: str, gen: torch.Generato
 
 
 def run_defense(prepared: dict, model, defense_id: str, defense_params: dict, budget: int, seed: int,
-                device: torch.device):
-    """One defense on ``model`` with ``budget`` clean images from the pool, seeded by (id, seed).
+                device: torch.device, precision: str = "fp32"):
+    """One defense on ``model`` with ``budget`` clean images from the pool, seeded by (id, seed), under
+    ``precision`` (already resolved).
 
     Returns (purified model, info, number of clean images, seconds the defense took)."""
     clean = select_clean(prepared, budget, defense_params.get("clean_sampling", "random"),
@@ -168,30 +179,33 @@ def run_defense(prepared: dict, model, defense_id: str, defense_params: dict, bu
     defense = get_defense(defense_params["type"])
     torch.manual_seed(seed)
     start = time.perf_counter()
-    model, info = defense(model.to(device), clean, defense_params, seed_generator("defense", defense_id, seed),
-                          device)
+    with autocast(precision, device):
+        model, info = defense(model.to(device), clean, defense_params,
+                              seed_generator("defense", defense_id, seed), device)
     return model, info, len(clean), time.perf_counter() - start
 
 
 def purify(prepared_path: str, poisoned_path: str, model_path: str, model_metrics_path: str,
            model_out: str, metrics_out: str, *, ids: dict, defense_params: dict, budget: int, seed: int,
-           device: str = "auto") -> None:
+           device: str = "auto", precision: str = "auto") -> None:
     """Run one defense on one backdoored model and score it. The defense sees only the clean budget;
     the test sets are loaded after it returns."""
     step_start = time.perf_counter()
     prepared = load_tensors(prepared_path)
     dev = pick_device(device)
+    precision = resolve_precision(precision, dev)
     model, info, n_clean, runtime = run_defense(prepared, load_checkpoint(model_path), ids["defense"],
-                                                defense_params, budget, seed, dev)
+                                                defense_params, budget, seed, dev, precision)
     clean_test, triggered = test_sets(prepared, load_tensors(poisoned_path))
-    scores = evaluate(model, clean_test, triggered)
+    with autocast(precision, dev):
+        scores = evaluate(model, clean_test, triggered)
     before = read_json(model_metrics_path)
     save_checkpoint(model.cpu(), model_out)
     write_json({**ids, "defense_type": defense_params["type"], "clean_budget": budget, "n_clean": n_clean,
                 "seed": seed, **scores,
                 "der": der(before["acc"], before["asr"], scores["acc"], scores["asr"]),
                 "acc_before": before["acc"], "asr_before": before["asr"], "ra_before": before["ra"],
-                "runtime_s": runtime, "step_s": time.perf_counter() - step_start, "device": str(dev),
-                "info": info}, metrics_out)
+                "runtime_s": runtime, "step_s": time.perf_counter() - step_start,
+                **runtime_info(dev, precision), "info": info}, metrics_out)
     print(f"purify {ids['attack']} with {ids['defense']}: ACC {scores['acc']:.2f}  ASR {scores['asr']:.2f}  "
           f"RA {scores['ra']:.2f}  ({runtime:.1f} s)")

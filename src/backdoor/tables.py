@@ -14,7 +14,7 @@ from .io import read_json, write_text
 
 KEYS = ["dataset", "model", "attack", "defense", "clean_budget", "seed"]
 COLUMNS = KEYS + ["acc", "asr", "ra", "der", "runtime_s", "n_clean", "acc_before", "asr_before",
-                  "ra_before", "defense_type", "step_s", "device"]
+                  "ra_before", "defense_type", "step_s", "device", "precision", "threads"]
 
 
 def write_metrics_csv(json_paths, out_path: str | Path) -> pd.DataFrame:
