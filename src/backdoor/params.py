@@ -63,7 +63,7 @@ def _semantic_errors(config: dict) -> list[str]:
                               f"{', '.join(sorted(config[section]))}")
             else:
                 errors += _resolve_type(section, ident, config[section][ident], registry)
-    for axis in ("datasets", "models", "attacks", "defenses", "clean_budgets", "seeds"):
+    for axis in ("datasets", "models", "attacks", "defenses", "clean_budgets", "seeds", "defense_seeds"):
         if len(set(map(str, study[axis]))) != len(study[axis]):
             errors.append(f"study.{axis}: duplicate entries in {study[axis]}")
     for i, block in enumerate(study.get("skip") or []):
@@ -135,15 +135,18 @@ AXES = {"datasets": "dataset", "models": "model", "attacks": "attack", "defenses
 
 
 def study_runs(config: dict) -> list[dict]:
-    """Every purification run of the study: the product of ``study``'s axes minus ``study.skip``."""
+    """Every purification run of the study: the product of ``study``'s axes minus ``study.skip``.
+
+    ``seed`` is the trained model's seed, ``dseed`` the defense's (its clean draw and random stream)."""
     import itertools
 
     study = config["study"]
     runs = []
-    for dataset, model, attack, defense, budget, seed in itertools.product(
+    for dataset, model, attack, defense, budget, seed, dseed in itertools.product(
             study["datasets"], study["models"], study["attacks"], study["defenses"], study["clean_budgets"],
-            study["seeds"]):
-        run = dict(dataset=dataset, model=model, attack=attack, defense=defense, budget=budget, seed=seed)
+            study["seeds"], study["defense_seeds"]):
+        run = dict(dataset=dataset, model=model, attack=attack, defense=defense, budget=budget, seed=seed,
+                   dseed=dseed)
         if not any(all(run[AXES[axis]] in values for axis, values in block.items())
                    for block in study.get("skip") or []):
             runs.append(run)

@@ -170,8 +170,9 @@ def select_clean(prepared: dict, budget: int, sampling: str, gen: torch.Generato
 
 def run_defense(prepared: dict, model, defense_id: str, defense_params: dict, budget: int, seed: int,
                 device: torch.device, precision: str = "fp32"):
-    """One defense on ``model`` with ``budget`` clean images from the pool, seeded by (id, seed), under
-    ``precision`` (already resolved).
+    """One defense on ``model`` with ``budget`` clean images from the pool under ``precision`` (already
+    resolved). ``seed`` is the defense seed: it fixes the clean draw (per budget) and the defense's
+    random stream (per defense id), independently of the model's training seed.
 
     Returns (purified model, info, number of clean images, seconds the defense took)."""
     clean = select_clean(prepared, budget, defense_params.get("clean_sampling", "random"),
@@ -187,7 +188,7 @@ def run_defense(prepared: dict, model, defense_id: str, defense_params: dict, bu
 
 def purify(prepared_path: str, poisoned_path: str, model_path: str, model_metrics_path: str,
            model_out: str, metrics_out: str, *, ids: dict, defense_params: dict, budget: int, seed: int,
-           device: str = "auto", precision: str = "auto") -> None:
+           defense_seed: int = 0, device: str = "auto", precision: str = "auto") -> None:
     """Run one defense on one backdoored model and score it. The defense sees only the clean budget;
     the test sets are loaded after it returns."""
     step_start = time.perf_counter()
@@ -195,14 +196,14 @@ def purify(prepared_path: str, poisoned_path: str, model_path: str, model_metric
     dev = pick_device(device)
     precision = resolve_precision(precision, dev)
     model, info, n_clean, runtime = run_defense(prepared, load_checkpoint(model_path), ids["defense"],
-                                                defense_params, budget, seed, dev, precision)
+                                                defense_params, budget, defense_seed, dev, precision)
     clean_test, triggered = test_sets(prepared, load_tensors(poisoned_path))
     with autocast(precision, dev):
         scores = evaluate(model, clean_test, triggered)
     before = read_json(model_metrics_path)
     save_checkpoint(model.cpu(), model_out)
     write_json({**ids, "defense_type": defense_params["type"], "clean_budget": budget, "n_clean": n_clean,
-                "seed": seed, **scores,
+                "seed": seed, "defense_seed": defense_seed, **scores,
                 "der": der(before["acc"], before["asr"], scores["acc"], scores["asr"]),
                 "acc_before": before["acc"], "asr_before": before["asr"], "ra_before": before["ra"],
                 "runtime_s": runtime, "step_s": time.perf_counter() - step_start,

@@ -1,7 +1,8 @@
 """results/metrics.csv and the Markdown tables made from it.
 
-metrics.csv has one row per (dataset, model, attack, defense, clean_budget, seed); percentages are
-in 0–100. Figures and tables read only this file.
+metrics.csv has one row per (dataset, model, attack, defense, clean_budget, seed, defense_seed):
+``seed`` trained the model, ``defense_seed`` drew the clean set and the defense's random stream.
+Percentages are in 0–100. Figures and tables read only this file.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pandas as pd
 
 from .io import read_json, write_text
 
-KEYS = ["dataset", "model", "attack", "defense", "clean_budget", "seed"]
+KEYS = ["dataset", "model", "attack", "defense", "clean_budget", "seed", "defense_seed"]
 COLUMNS = KEYS + ["acc", "asr", "ra", "der", "runtime_s", "n_clean", "acc_before", "asr_before",
                   "ra_before", "defense_type", "step_s", "device", "precision", "threads"]
 
@@ -32,11 +33,12 @@ def _mean_std(series: pd.Series) -> str:
 
 
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean (± std over seeds) per dataset, model, attack, defense and clean budget, in study order."""
+    """Mean (± std over training and defense seeds) per dataset, model, attack, defense and clean budget,
+    in study order; ``runs`` counts the (seed, defense_seed) pairs."""
     group = ["dataset", "model", "attack", "defense", "clean_budget"]
     out = frame.groupby(group, sort=False).agg(
         ACC=("acc", _mean_std), ASR=("asr", _mean_std), RA=("ra", _mean_std), DER=("der", _mean_std),
-        seconds=("runtime_s", _mean_std), seeds=("seed", "count")).reset_index()
+        seconds=("runtime_s", _mean_std), runs=("seed", "count")).reset_index()
     return out
 
 
@@ -51,10 +53,10 @@ def markdown_report(frame: pd.DataFrame) -> str:
     parts = ["# Results\n",
              "ACC, ASR and RA in percent on the test set; DER = (max(0, ΔASR) − max(0, ΔACC) + 100) / 2 "
              "against the undefended model; seconds = wall time of the defense itself. "
-             "Mean ± std over seeds where there are several.\n"]
+             "Mean ± std over the runs (training seeds × defense seeds) where there are several.\n"]
     for (dataset, model, budget), part in summary(frame).groupby(["dataset", "model", "clean_budget"], sort=False):
         parts.append(f"\n## {dataset} · {model} · clean budget {budget}\n")
-        parts.append(_markdown(part[["attack", "defense", "ACC", "ASR", "RA", "DER", "seconds", "seeds"]]))
+        parts.append(_markdown(part[["attack", "defense", "ACC", "ASR", "RA", "DER", "seconds", "runs"]]))
         pivot = part.assign(cell=part["ACC"] + " / " + part["ASR"]).pivot(
             index="attack", columns="defense", values="cell")
         pivot = pivot.reindex(index=part["attack"].unique(), columns=part["defense"].unique()).fillna("—")

@@ -31,6 +31,7 @@ wildcard_constraints:
     attack="[a-z0-9_]+",
     defense="[a-z0-9_]+",
     seed=r"\d+",
+    dseed=r"\d+",
     budget=r"\d+",
 
 
@@ -58,7 +59,7 @@ def poison_inputs(wildcards):
 
 
 RUN_JSONS = [
-    "results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}.json".format(**run)
+    "results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.json".format(**run)
     for run in P.study_runs(config)
 ]
 FIGURES = expand("results/figures/{name}.{ext}", name=["acc_asr", "runtime"], ext=["png", "svg"])

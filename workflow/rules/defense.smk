@@ -5,8 +5,8 @@ rule purify:
         model="results/models/{dataset}/{model}/{attack}/seed{seed}.pt",
         model_metrics="results/models/{dataset}/{model}/{attack}/seed{seed}.json",
     output:
-        model="results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}.pt",
-        metrics="results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}.json",
+        model="results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.pt",
+        metrics="results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.json",
     params:
         values=step_params("purify"),
     threads: JOB_THREADS

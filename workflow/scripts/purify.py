@@ -7,4 +7,5 @@ ids = {"dataset": w.dataset, "model": w.model, "attack": w.attack, "defense": w.
 steps.purify(snakemake.input.prepared, snakemake.input.poisoned, snakemake.input.model,
              snakemake.input.model_metrics, snakemake.output.model, snakemake.output.metrics,
              ids=ids, defense_params=values["defense"], budget=int(w.budget), seed=int(w.seed),
+             defense_seed=int(w.dseed),
              device=values["device"], precision=values["precision"])

@@ -62,7 +62,7 @@ def snakemake_jobs(snakefile: Path):
 
 
 def stage_name(job) -> str:
-    order = ["dataset", "model", "attack", "defense", "budget", "seed"]
+    order = ["dataset", "model", "attack", "defense", "budget", "seed", "dseed"]
     values = [str(job.wildcards_dict[k]) for k in order if k in job.wildcards_dict]
     return "-".join([job.rule.name, *values])
 
