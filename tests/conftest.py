@@ -59,3 +59,4 @@ def tiny_data(n: int = 48, seed: int = 0, size: int = 12) -> TensorSet:
     g = torch.Generator().manual_seed(seed)
     return TensorSet(torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8, generator=g),
                      torch.randint(0, 10, (n,), generator=g))
+

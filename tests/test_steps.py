@@ -83,3 +83,18 @@ def test_craft_then_poison_uses_the_crafted_trigger_and_needs_it(tmp_path):
         steps.craft(str(tmp_path / "prep.pt"), str(tmp_path / "benign.pt"), str(tmp_path / "b.pt"), "badnets",
                     {"type": "badnets"}, "cpu")
     assert not (tmp_path / "q.pt").exists() and not (tmp_path / "b.pt").exists()
+
+
+def test_torch_threads_never_exceed_the_cpus(monkeypatch):
+    import os
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("BACKDOOR_CORES_PER_THREAD", "4")  # snakemake --cores 8 on 2 CPUs
+        steps.use_threads(4)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("BACKDOOR_CORES_PER_THREAD", "1")
+        steps.use_threads(64)
+        assert torch.get_num_threads() == os.cpu_count()
+    finally:
+        torch.set_num_threads(before)

@@ -25,8 +25,11 @@ from .training import FitConfig, fit
 
 
 def use_threads(threads: int) -> None:
-    """Torch threads for this job: what the scheduler granted, never more than the machine's CPUs."""
-    torch.set_num_threads(max(1, min(int(threads), os.cpu_count() or 1)))
+    """Torch threads for this job: the cores the scheduler granted, divided by the cores it counts per
+    thread (``BACKDOOR_CORES_PER_THREAD``, set by the Snakefile when --cores exceeds the CPUs), never
+    more than the machine's CPUs."""
+    per_thread = max(1, int(os.environ.get("BACKDOOR_CORES_PER_THREAD", "1")))
+    torch.set_num_threads(max(1, min(int(threads) // per_thread, os.cpu_count() or 1)))
 
 
 def runtime_info(dev: torch.device, precision: str) -> dict:

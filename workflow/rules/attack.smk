@@ -20,6 +20,7 @@ rule poison:
         "data/poisoned/{dataset}/{attack}.pt",
     params:
         values=step_params("poison"),
+    threads: JOB_THREADS
     conda:
         STUDY_ENV
     script:

@@ -18,11 +18,15 @@ except P.ParamsError as err:
 
 STUDY = config["study"]
 STUDY_ENV = "../../envs/study.yaml"  # for --sdm conda (relative to the rule files)
-CORES = workflow.cores or 1
-# A training job uses up to 4 cores. With more --cores than the machine has CPUs, Snakemake would
-# start several multi-threaded jobs on the same CPUs, which slows torch down about tenfold: then
-# each training job claims every core, so they run one at a time.
-JOB_THREADS = CORES if CORES > (os.cpu_count() or 1) else max(1, min(4, CORES))
+NCPU = os.cpu_count() or 1
+CORES = workflow.global_resources["_cores"].value or NCPU  # None for `snakemake --report`
+# Torch jobs run one thread each, at most one job per CPU: two 1-thread jobs side by side do 1.3×
+# the work of one 2-thread job, and beside another CPU-bound process a 1-thread job slows down in
+# proportion where a multi-threaded one collapses (README, "Speed"). With --cores above the CPU
+# count every job claims CORES // NCPU of them, so that still no more than NCPU jobs run at once;
+# `--set-threads purify=N` (with --cores at most the CPU count) gives that rule N torch threads.
+JOB_THREADS = max(1, CORES // NCPU)
+os.environ["BACKDOOR_CORES_PER_THREAD"] = str(JOB_THREADS)
 
 
 wildcard_constraints:

@@ -16,6 +16,7 @@ rule prepare:
         "data/prepared/{dataset}.pt",
     params:
         values=step_params("prepare"),
+    threads: JOB_THREADS
     conda:
         STUDY_ENV
     script:

@@ -1,5 +1,6 @@
 """Snakemake entry point: raw files → tensors with fixed attacker / pool / test splits."""
 from backdoor import steps
 
+steps.use_threads(snakemake.threads)
 steps.prepare_dataset(snakemake.wildcards.dataset, snakemake.input[0], snakemake.output[0],
                       snakemake.params.values["splits"])

@@ -29,7 +29,9 @@ trainable set, learning rate and iteration count of Fast FIP are UNVERIFIED. Cho
   A δ step moves W by U·diag(Δδ)·Vᵀ, the projection of the full gradient step on the singular
   directions, so a larger lr is needed to move W as far as FIP does. Momentum 0.95, no weight
   decay, constant lr, batch 128 with replacement, η_F, η_r, trace_every and probes as FIP.
-- the SVD reconstruction changes W by float rounding only (≈1e-7 relative) before training.
+- the SVD reconstruction changes W by float rounding only (≈1e-7 relative) before training; it runs
+  in fp32 under bf16 autocast too (a parametrisation may not change the weight's dtype, and the
+  folded model must equal the shifted one); the layers themselves then run in the job's precision.
 - measured on the study's Fashion-MNIST compact CNN (600 clean images), these defaults leave the
   backdoor in place (ASR ≈ 99.6 %, ACC −0.6 to −0.5 points): the shifts stay small (mean |δ| ≈ 0.05
   against singular values 0.3–3.8) because the clean CE is already low and the retainer anchors
@@ -44,6 +46,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..device import fp32
 from .fip import DEFAULTS as FIP_DEFAULTS
 from .fip import merged_params, train_fip
 
@@ -68,7 +71,8 @@ class SpectralShift(nn.Module):
         self.delta = nn.Parameter(torch.zeros_like(self.S))
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:  # the original weight is ignored
-        return ((self.U * torch.relu(self.S + self.delta)) @ self.Vh).reshape(self.shape)
+        with fp32(self.U.device):  # a parametrisation must keep the weight's dtype (and folding is exact)
+            return ((self.U * torch.relu(self.S + self.delta)) @ self.Vh).reshape(self.shape)
 
 
 def shifted_modules(model: nn.Module) -> list[nn.Module]:

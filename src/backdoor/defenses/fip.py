@@ -78,6 +78,7 @@ from torch import nn
 
 from ..augment import augment, to_float
 from ..data.tensors import TensorSet
+from ..device import fp32
 from ..training import fit
 from .base import fit_config
 
@@ -165,7 +166,8 @@ def fisher_diagonal(model: nn.Module, named: dict[str, torch.Tensor], clean: Ten
 
     Per-sample gradients (``torch.func.vmap`` of ``grad``) over the un-augmented clean images,
     with the model in eval mode (BN uses and keeps its running statistics); the training mode is
-    restored. ``named`` maps ``model.named_parameters()`` names to the parameters wanted.
+    restored. ``named`` maps ``model.named_parameters()`` names to the parameters wanted. Always in
+    fp32: vmap'd batch norm rejects bf16 activations with fp32 statistics, and it runs once.
     """
     from torch.func import functional_call, grad, vmap
 
@@ -177,7 +179,7 @@ def fisher_diagonal(model: nn.Module, named: dict[str, torch.Tensor], clean: Ten
         out = functional_call(model, p, (xi[None],))
         return out.log_softmax(1)[0].gather(0, yi[None])[0]
 
-    per_sample = vmap(grad(loglik), in_dims=(None, 0, 0))
+    per_sample = fp32(device)(vmap(grad(loglik), in_dims=(None, 0, 0)))
     total = {n: torch.zeros_like(p) for n, p in detached.items()}
     y_all = clean.y.to(device)
     for start in range(0, len(clean), batch_size):
