@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from backdoor import params as P
+from backdoor.device import autocast, resolve_precision
 from backdoor.io import load_tensors
 from backdoor.metrics import der, evaluate
 from backdoor.models import load_checkpoint
@@ -38,18 +39,23 @@ def main() -> None:
     ap.add_argument("--prepared", help="default: data/prepared/<dataset>.pt")
     ap.add_argument("--poisoned", help="default: data/poisoned/<dataset>/<attack>.pt")
     ap.add_argument("--checkpoint", help="default: results/models/<dataset>/<model>/<attack>/seed<seed>.pt")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the study's jobs use 1)")
+    ap.add_argument("--precision", default=None, help="auto | fp32 | bf16 (default: params.yaml's)")
+    ap.add_argument("--defense-seed", type=int, default=0, help="the clean draw and the defense's stream")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     config = yaml.safe_load(Path(args.params).read_text())
     overrides = json.loads(args.override)
+    device = torch.device("cpu")
+    precision = resolve_precision(args.precision or config.get("precision", "auto"), device)
     prepared = load_tensors(args.prepared or f"data/prepared/{args.dataset}.pt")
     poisoned = load_tensors(args.poisoned or f"data/poisoned/{args.dataset}/{args.attack}.pt")
     ckpt = args.checkpoint or f"results/models/{args.dataset}/{args.model}/{args.attack}/seed{args.seed}.pt"
     clean_test, triggered = test_sets(prepared, poisoned)
-    base = evaluate(load_checkpoint(ckpt), clean_test, triggered)
+    with autocast(precision, device):
+        base = evaluate(load_checkpoint(ckpt), clean_test, triggered)
 
     rows = []
     for defense_id in args.defenses.split(","):
@@ -57,14 +63,16 @@ def main() -> None:
         dparams = {**(P.defense_params(config, defense_id) if known else {"type": defense_id}),
                    **overrides.get(defense_id, {})}
         model, _, _, seconds = run_defense(prepared, load_checkpoint(ckpt), defense_id, dparams, args.budget,
-                                           args.seed, torch.device("cpu"))
-        scores = evaluate(model, clean_test, triggered)
+                                           args.defense_seed, device, precision)
+        with autocast(precision, device):
+            scores = evaluate(model, clean_test, triggered)
         rows.append((defense_id, scores["acc"], scores["asr"], scores["ra"],
                      der(base["acc"], base["asr"], scores["acc"], scores["asr"]), seconds))
         print(f"{defense_id}: ACC {scores['acc']:.2f} ASR {scores['asr']:.2f} RA {scores['ra']:.2f} "
               f"({seconds:.1f} s)", flush=True)
 
-    print(f"\n{args.dataset} / {args.model} / {args.attack}, clean budget {args.budget}, seed {args.seed}")
+    print(f"\n{args.dataset} / {args.model} / {args.attack}, clean budget {args.budget}, seed {args.seed}, "
+          f"defense seed {args.defense_seed}, {precision}, {torch.get_num_threads()} thread(s)")
     print(f"backdoored model: ACC {base['acc']:.2f}  ASR {base['asr']:.2f}  RA {base['ra']:.2f}\n")
     print("| defense | ACC | ASR | RA | DER | seconds |\n|---|---|---|---|---|---|")
     for row in rows:
