@@ -35,6 +35,7 @@ def tiny(params: dict) -> dict:
     params["train"]["epochs"] = 1
     params["defenses"]["ft"]["iterations"] = 5
     params["device"] = "cpu"
+    params["analysis"]["smoothness"].update(images=50, power_iterations=5, probes=3)
     return params
 
 
@@ -70,8 +71,10 @@ def origin(tmp_path_factory):
 def test_snakemake_run_produces_the_study_outputs(origin):
     frame = pd.read_csv(origin / "results/metrics.csv")
     assert len(frame) == 3 * 2 + 1  # trojan × ft is skipped
-    for column in ["dataset", "model", "attack", "defense", "seed", "acc", "asr", "ra", "der", "runtime_s", "n_clean"]:
+    for column in ["dataset", "model", "attack", "defense", "seed", "defense_seed", "acc", "asr", "ra", "der",
+                   "runtime_s", "n_clean", "precision", "threads", "lambda_max", "trace_h"]:
         assert column in frame.columns
+    assert frame["lambda_max"].gt(0).all() and frame["trace_h"].notna().all()
     assert frame["n_clean"].eq(50).all() and frame[["acc", "asr", "ra"]].apply(lambda c: c.between(0, 100)).all().all()
     none = frame[frame.defense == "none"]
     assert none["der"].eq(50).all()  # the undefended model against itself

@@ -134,6 +134,10 @@ def load(path: str | Path, schema_path: str | Path) -> dict:
 AXES = {"datasets": "dataset", "models": "model", "attacks": "attack", "defenses": "defense"}
 
 
+def smoothness_enabled(config: dict) -> bool:
+    return bool(config.get("analysis", {}).get("smoothness", {}).get("enabled", False))
+
+
 def study_runs(config: dict) -> list[dict]:
     """Every purification run of the study: the product of ``study``'s axes minus ``study.skip``.
 
@@ -185,6 +189,7 @@ def step_keys(step: str, **wc: str) -> list[str]:
         "poison": ["attack_defaults", f"attacks.{wc.get('attack')}"],
         "train": ["train", f"models.{wc.get('model')}", "device", "precision"],
         "purify": ["defense_defaults", f"defenses.{wc.get('defense')}", "device", "precision"],
+        "smoothness": ["analysis.smoothness", "device"],
         "aggregate": [],
         "report": [],
     }
@@ -211,4 +216,6 @@ def step_values(config: dict, step: str, **wc: str) -> dict:
         return {"model": model_params(config, wc["model"]), "train": config["train"], **_runtime(config)}
     if step == "purify":
         return {"defense": defense_params(config, wc["defense"]), **_runtime(config)}
+    if step == "smoothness":
+        return {"smoothness": config["analysis"]["smoothness"], "device": config["device"]}
     return {}

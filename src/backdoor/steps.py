@@ -171,6 +171,22 @@ def select_clean(prepared: dict, budget: int, sampling: str, gen: torch.Generato
     return TensorSet(prepared["train_x"][idx], prepared["train_y"][idx])
 
 
+def smoothness(prepared_path: str, model_path: str, out_path: str, settings: dict, device: str = "auto") -> None:
+    """λ_max and Tr(H) of one model on the study's fixed batch of clean training images (fp32)."""
+    from .analysis.smoothness import fixed_images
+    from .analysis.smoothness import smoothness as measure
+
+    prepared = load_tensors(prepared_path)
+    dev = pick_device(device)
+    images, labels = fixed_images(prepared["train_x"], prepared["train_y"], prepared["attacker_idx"],
+                                  int(settings["images"]), int(settings["seed"]))
+    result = measure(load_checkpoint(model_path), images, labels, power_iterations=int(settings["power_iterations"]),
+                     probes=int(settings["probes"]), tol=float(settings["tol"]), seed=int(settings["seed"]), device=dev)
+    write_json({**result.as_dict(), "images": len(images), **runtime_info(dev, "fp32")}, out_path)
+    print(f"smoothness {model_path}: λ_max {result.lambda_max:.4g}  Tr(H) {result.trace_h:.4g} ± "
+          f"{result.trace_h_se:.2g}  ({result.seconds:.1f} s)")
+
+
 def run_defense(prepared: dict, model, defense_id: str, defense_params: dict, budget: int, seed: int,
                 device: torch.device, precision: str = "fp32"):
     """One defense on ``model`` with ``budget`` clean images from the pool under ``precision`` (already

@@ -15,12 +15,19 @@ from .io import read_json, write_text
 
 KEYS = ["dataset", "model", "attack", "defense", "clean_budget", "seed", "defense_seed"]
 COLUMNS = KEYS + ["acc", "asr", "ra", "der", "runtime_s", "n_clean", "acc_before", "asr_before",
-                  "ra_before", "defense_type", "step_s", "device", "precision", "threads"]
+                  "ra_before", "defense_type", "step_s", "device", "precision", "threads", "lambda_max", "trace_h",
+                  "trace_h_se"]
+SMOOTHNESS = ["lambda_max", "trace_h", "trace_h_se"]
 
 
-def write_metrics_csv(json_paths, out_path: str | Path) -> pd.DataFrame:
-    """Rows in the order given (the study's order in params.yaml), which tables and figures keep."""
+def write_metrics_csv(json_paths, out_path: str | Path, smoothness_paths=()) -> pd.DataFrame:
+    """Rows in the order given (the study's order in params.yaml), which tables and figures keep.
+    ``smoothness_paths``, when given, are the runs' smoothness jsons in the same order."""
     rows = [read_json(p) for p in json_paths]
+    if smoothness_paths:
+        if len(smoothness_paths) != len(rows):
+            raise ValueError(f"{len(smoothness_paths)} smoothness files for {len(rows)} runs")
+        rows = [{**row, **{k: read_json(p)[k] for k in SMOOTHNESS}} for row, p in zip(rows, smoothness_paths)]
     frame = pd.DataFrame([{c: row.get(c) for c in COLUMNS} for row in rows], columns=COLUMNS)
     write_text(frame.to_csv(index=False, float_format="%.4f"), out_path)
     return frame

@@ -62,9 +62,8 @@ def poison_inputs(wildcards):
     return inputs
 
 
-RUN_JSONS = [
-    "results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.json".format(**run)
-    for run in P.study_runs(config)
-]
+RUNS = ["{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}".format(**run) for run in P.study_runs(config)]
+RUN_JSONS = [f"results/runs/{run}.json" for run in RUNS]
+SMOOTHNESS_JSONS = [f"results/smoothness/{run}.json" for run in RUNS] if P.smoothness_enabled(config) else []
 FIGURES = expand("results/figures/{name}.{ext}", name=["acc_asr", "runtime"], ext=["png", "svg"])
 REPORT_OUTPUTS = ["results/metrics.csv", "results/table.md", *FIGURES]

@@ -1,6 +1,7 @@
 rule aggregate:
     input:
-        RUN_JSONS,
+        runs=RUN_JSONS,
+        smoothness=SMOOTHNESS_JSONS,
     output:
         "results/metrics.csv",
     conda:

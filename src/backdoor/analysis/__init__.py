@@ -1,0 +1,1 @@
+"""Analyses of trained and purified models: loss-surface smoothness (FIP's λ_max and Tr H)."""
