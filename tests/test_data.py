@@ -236,8 +236,9 @@ OFFICIAL_MD5 = {  # the checksums torchvision's downloaders use for the same arc
 
 
 def test_registry_lists_the_four_datasets_with_official_files():
-    assert set(DATASETS) == {"fashion_mnist", "mnist", "cifar10", "gtsrb"}
-    listed = {(spec.name, raw.name): raw.md5 for spec in DATASETS.values() for raw in spec.files}
+    assert set(DATASETS) == {"fashion_mnist", "fashion_mnist_bg", "mnist", "cifar10", "gtsrb"}
+    listed = {(spec.name, raw.name): raw.md5 for spec in DATASETS.values() for raw in spec.files
+              if spec.source is None}
     assert listed == OFFICIAL_MD5
     for key, spec in DATASETS.items():
         assert spec.name == key and spec.format in READERS
@@ -252,8 +253,10 @@ def test_registry_file_names_match_what_the_readers_open():
     assert {spec.format: tuple(raw.name for raw in spec.files) for spec in DATASETS.values()} == {
         "idx": IDX_NAMES, "cifar": ("cifar-10-python.tar.gz",), "gtsrb": GTSRB_ZIPS}
     shapes = {k: (s.channels, s.size, s.num_classes) for k, s in DATASETS.items()}
-    assert shapes == {"fashion_mnist": (1, 28, 10), "mnist": (1, 28, 10),
+    assert shapes == {"fashion_mnist": (1, 28, 10), "fashion_mnist_bg": (1, 28, 10), "mnist": (1, 28, 10),
                       "cifar10": (3, 32, 10), "gtsrb": (3, 32, 43)}
+    variant = DATASETS["fashion_mnist_bg"]
+    assert variant.source == "fashion_mnist" and variant.files == DATASETS["fashion_mnist"].files
 
 
 def test_fashion_mnist_has_payload_md5_for_the_debian_package():
@@ -263,7 +266,7 @@ def test_fashion_mnist_has_payload_md5_for_the_debian_package():
 
 
 def test_get_dataset_unknown_name_lists_known_ones():
-    with pytest.raises(KeyError, match="cifar10, fashion_mnist, gtsrb, mnist"):
+    with pytest.raises(KeyError, match="cifar10, fashion_mnist, fashion_mnist_bg, gtsrb, mnist"):
         get_dataset("imagenet")
 
 
@@ -711,3 +714,28 @@ def test_debian_fashion_mnist_verifies_and_reads(tmp_path):
     assert tx.shape == (60000, 1, 28, 28) and vx.shape == (10000, 1, 28, 28)
     assert tx.dtype == vx.dtype == torch.uint8 and ty.dtype == vy.dtype == torch.int64
     assert torch.bincount(ty).tolist() == [6000] * 10 and torch.bincount(vy).tolist() == [1000] * 10
+
+
+def test_the_nonzero_background_variant_keeps_objects_and_fills_the_background(idx_data):
+    raw, _ = idx_data
+    params = SplitParams(clean_pool=40, seed=7, train_limit=200, test_limit=30)
+    plain = prepare("fashion_mnist", raw, params)
+    bg = prepare("fashion_mnist_bg", raw, params)
+    again = prepare("fashion_mnist_bg", raw, params)
+    assert torch.equal(bg["train_x"], again["train_x"]) and torch.equal(bg["pool_idx"], plain["pool_idx"])
+    for key in ("train_x", "test_x"):
+        assert torch.equal(bg[key], torch.maximum(plain[key], bg[key]))  # only ever raised
+        assert bg[key].max() >= plain[key].max() and (bg[key][plain[key] > 96] == plain[key][plain[key] > 96]).all()
+        zero = plain[key] == 0
+        assert (bg[key][zero] > 0).float().mean() > 0.95 and bg[key][zero].max() <= 96
+    assert bg["mean"][0] > 0 and bg["std"][0] > 0 and bg["mean"] != plain["mean"]
+
+
+def test_badnets_center_puts_the_patch_over_the_object():
+    from backdoor.attacks import AttackContext, build_attack
+
+    images = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
+    out = build_attack("badnets", {"patch_size": 3, "position": "center"}, AttackContext(10, 1, 28)).apply_trigger(images)
+    assert (out[:, :, 12:15, 12:15] == 255).all() and out.sum() == 2 * 9 * 255
+    with pytest.raises(ValueError, match="position = 'left'"):
+        build_attack("badnets", {"position": "left"}, AttackContext(10, 1, 28))

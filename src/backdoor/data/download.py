@@ -64,7 +64,7 @@ def _download_url(url: str, dest: Path) -> None:
 
 
 def _candidates(raw: RawFile, spec: DatasetSpec, mirror: str | None) -> list[Path]:
-    folders = ([Path(mirror), Path(mirror) / spec.name] if mirror else []) + \
+    folders = ([Path(mirror), Path(mirror) / spec.files_of] if mirror else []) + \
         [Path(p) for p in spec.system_mirrors]
     return [folder / raw.name for folder in folders if (folder / raw.name).is_file()]
 

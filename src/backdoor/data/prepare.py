@@ -30,6 +30,11 @@ def _subsample(n: int, limit: int | None, gen: torch.Generator) -> torch.Tensor:
     return order if limit is None or limit >= n else order[:limit]
 
 
+def raise_background(x: torch.Tensor, level: int, gen: torch.Generator) -> torch.Tensor:
+    """max(x, noise) with uint8 noise uniform in 0..level: a textured, nonzero background."""
+    return torch.maximum(x, torch.randint(0, level + 1, x.shape, generator=gen, dtype=torch.uint8))
+
+
 def prepare(dataset: str, raw_dir: str | Path, split: SplitParams) -> dict:
     spec = get_dataset(dataset)
     train_x, train_y, test_x, test_y = READERS[spec.format](Path(raw_dir))
@@ -40,12 +45,19 @@ def prepare(dataset: str, raw_dir: str | Path, split: SplitParams) -> dict:
                          f"{dataset} has {len(keep)} training images here; choose a smaller pool.")
     pool, attacker = keep[:split.clean_pool].sort().values, keep[split.clean_pool:].sort().values
     test_keep = _subsample(len(test_y), split.test_limit, gen).sort().values
+    test_x = test_x[test_keep].clone()
+    mean, std = list(spec.mean), list(spec.std)
+    if spec.background:
+        noise_gen = torch.Generator().manual_seed(split.seed + 1)
+        train_x, test_x = (raise_background(x, spec.background, noise_gen) for x in (train_x, test_x))
+        pixels = train_x[attacker].float().div(255).transpose(0, 1).flatten(1)
+        mean, std = pixels.mean(1).tolist(), pixels.std(1).tolist()
     return {
         "dataset": dataset,
         "num_classes": spec.num_classes,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
+        "mean": mean,
+        "std": std,
         "train_x": train_x, "train_y": train_y,
-        "test_x": test_x[test_keep].clone(), "test_y": test_y[test_keep].clone(),
+        "test_x": test_x, "test_y": test_y[test_keep].clone(),
         "attacker_idx": attacker, "pool_idx": pool,
     }

@@ -1,4 +1,4 @@
-"""λ_max and Tr(H) against the exact Hessian of a tiny model; seeded; eval mode; fp32."""
+"""Analyses: λ_max and Tr(H) against the exact Hessian of a tiny model (seeded, eval mode, fp32); where triggers land."""
 
 import pytest
 import torch
@@ -102,3 +102,18 @@ def test_the_fixed_images_are_the_same_for_every_model_and_checked():
         assert "analysis.smoothness.images" in str(err)
     else:
         raise AssertionError("too many images must be refused")
+
+
+def test_trigger_overlap_of_a_corner_patch_on_a_zero_background():
+    from backdoor.analysis.trigger_overlap import trigger_overlap
+
+    clean = torch.zeros(4, 1, 6, 6, dtype=torch.uint8)
+    clean[:, :, 1:4, 1:4] = 100  # the object in the middle, zero background
+    corner = clean.clone()
+    corner[:, :, 4:, 4:] = 255
+    r = trigger_overlap(clean, corner)
+    assert r["changed"] == 4 / 36 and r["on_zero"] == 1.0 and r["active"] == 0.0 and r["images_active"] == 0.0
+    center = clean.clone()
+    center[:, :, 2:4, 2:4] = 255
+    r = trigger_overlap(clean, center)
+    assert r["on_zero"] == 0.0 and r["active"] == 1.0 and r["images_active"] == 1.0
