@@ -53,7 +53,7 @@ def test_clean_budget_larger_than_the_pool():
 
 def test_unknown_dataset_lists_the_allowed_ones():
     msg = check(lambda c: c["study"].update(datasets=["imagenet"]))
-    assert "study.datasets.0" in msg and "'imagenet'" in msg and "fashion_mnist, mnist, cifar10, gtsrb" in msg
+    assert "study.datasets.0" in msg and "'imagenet'" in msg and "fashion_mnist, fashion_mnist_bg, mnist, cifar10, gtsrb" in msg
 
 
 def test_float_written_the_pyyaml_way_is_explained():
