@@ -1,0 +1,162 @@
+"""Project a study profile's CPU time from measured costs, before running it.
+
+    python benchmarks/project.py --configfile profiles/cifar10.yaml --reference results [--lanes 2]
+
+``--reference`` is the results/ folder of a finished study on this machine (the default one): its
+per-job times (training seconds and images/s, each defense's runtime and step time, craft and
+smoothness seconds) are scaled to the profile's models and datasets by the ratio of training-step
+times measured now, on random tensors of each shape (same precision, one thread, alternating rounds),
+and by the profile's epochs, training-set size and job counts. Defense budgets are in iterations, so
+a defense's cost scales with the step time (epoch-based ones, like sibp, also with the clean budget).
+Prints a table per job class and the projected wall time for ``--lanes`` single-thread jobs at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from backdoor import params as P  # noqa: E402
+from backdoor.data import get_dataset  # noqa: E402
+from backdoor.data.tensors import TensorSet  # noqa: E402
+from backdoor.device import autocast, resolve_precision  # noqa: E402
+from backdoor.models import build_model  # noqa: E402
+from backdoor.training import FitConfig, fit  # noqa: E402
+
+TRAIN_IMAGES = {"fashion_mnist": 60000, "fashion_mnist_bg": 60000, "mnist": 60000, "cifar10": 50000, "gtsrb": 39209}
+START_S = 3.0  # a job's start-up (python, torch, loading tensors), measured ≈ 3 s per job here
+
+
+def merged(params: Path, profile: Path | None) -> dict:
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load(params.read_text())
+    if profile:
+        update_config(config, yaml.safe_load(profile.read_text()))
+    return config
+
+
+def step_seconds(arch: str, width: int | None, dataset: str, precision: str, rounds: int = 2, steps: int = 8) -> float:
+    """Seconds per 128-image training step of ``arch`` on random images of ``dataset``'s shape."""
+    spec = get_dataset(dataset)
+    gen = torch.Generator().manual_seed(0)
+    n = 128 * steps
+    data = TensorSet(torch.randint(0, 256, (n, spec.channels, spec.size, spec.size), generator=gen, dtype=torch.uint8),
+                     torch.randint(0, spec.num_classes, (n,), generator=gen))
+    kwargs = {"width": width} if width else {}
+    model = build_model(arch, spec.channels, spec.num_classes, list(spec.mean), list(spec.std), **kwargs)
+    best = float("inf")
+    with autocast(precision, "cpu"):
+        fit(model, data, FitConfig(lr=0.01, iterations=2), gen=gen, log=lambda *_: None)
+        for _ in range(rounds):
+            start = time.perf_counter()
+            fit(model, data, FitConfig(lr=0.01, iterations=steps, crop_pad=2, flip=True), gen=gen, log=lambda *_: None)
+            best = min(best, (time.perf_counter() - start) / steps)
+    return best
+
+
+def reference_costs(results: Path) -> dict:
+    """Median per-job seconds of a finished study: train (per image), each defense, craft, smoothness."""
+    def median(values):
+        values = sorted(values)
+        return values[len(values) // 2] if values else None
+
+    models = [json.loads(p.read_text()) for p in results.glob("models/*/*/*/seed*.json")]
+    runs = [json.loads(p.read_text()) for p in results.glob("runs/*/*/*/*/*.json")]
+    if not models or not runs:
+        raise SystemExit(f"{results} holds no finished study (results/models and results/runs are empty)")
+    by_type: dict[str, list] = {}
+    for run in runs:
+        by_type.setdefault(run["defense_type"], []).append(run)
+    smooth = [json.loads(p.read_text())["seconds"] for p in results.glob("smoothness/*/*/*/*/*.json")]
+    crafts = {}
+    for path in results.glob("assets/*/*.pt"):
+        crafts[path.stem] = torch.load(path, map_location="cpu", weights_only=False).get("craft_seconds")
+    return {
+        "train_per_image": median([1.0 / m["images_per_s"] for m in models]),
+        "train_overhead": median([m["runtime_s"] - m["train_seconds"] for m in models]),
+        "defense": {d: median([r["runtime_s"] for r in rs]) for d, rs in by_type.items()},
+        "defense_overhead": median([r["step_s"] - r["runtime_s"] for r in runs]),
+        "budget": median([r["n_clean"] for r in runs]),
+        "smoothness": median(smooth),
+        "craft": crafts,
+        "threads": median([r.get("threads", 1) for r in runs]),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--configfile", help="a profile (snakemake --configfile) merged over params.yaml")
+    ap.add_argument("--reference", default="results", help="results/ of a finished default study")
+    ap.add_argument("--lanes", type=int, default=2, help="single-thread jobs running at once")
+    ap.add_argument("--precision", default=None, help="default: the profile's")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    config = merged(Path(args.params), Path(args.configfile) if args.configfile else None)
+    ref = reference_costs(Path(args.reference))
+    precision = resolve_precision(args.precision or config.get("precision", "auto"), "cpu")
+    ref_step = step_seconds("cnn", 16, "fashion_mnist", "fp32")
+
+    runs = P.study_runs(config)
+    trains = Counter((r["dataset"], r["model"], r["attack"], r["seed"]) for r in runs)
+    crafted = sorted({(r["dataset"], r["attack"]) for r in runs if P.is_crafted(config, r["attack"])})
+    if crafted:
+        s = config["surrogate"]
+        for dataset, _ in crafted:
+            trains[(dataset, s["model"], s["attack"], s["seed"])] += 0
+    ratio: dict[tuple, float] = {}
+    for dataset, model in sorted({(d, m) for d, m, _, _ in trains}):
+        spec = P.model_params(config, model)
+        ratio[(dataset, model)] = step_seconds(spec["type"], spec.get("width"), dataset, precision) / ref_step
+        print(f"measured: {model} on {dataset}-shaped images ({precision}) costs {ratio[(dataset, model)]:.2f}× "
+              f"a step of the reference cnn/fashion_mnist (fp32, {ref_step * 1000:.0f} ms per 128 images)")
+
+    epochs = config["train"]["epochs"]
+    rows: dict[str, list[float]] = {}
+    for (dataset, model, _, _) in trains:
+        n = (TRAIN_IMAGES[dataset] if config["splits"].get("train_limit") is None
+             else config["splits"]["train_limit"]) - config["splits"]["clean_pool"]
+        cost = ref["train_per_image"] * ratio[(dataset, model)] * n * epochs + ref["train_overhead"]
+        rows.setdefault("train", []).append(cost + START_S)
+    for dataset, attack in crafted:
+        kind = P.attack_params(config, attack)["type"]
+        seconds = ref["craft"].get(kind) or 0.0
+        s = config["surrogate"]
+        rows.setdefault("craft", []).append(seconds * ratio.get((dataset, s["model"]), 1.0) + START_S)
+    missing = set()
+    for run in runs:
+        kind = P.defense_params(config, run["defense"])["type"]
+        base = ref["defense"].get(kind)
+        if base is None:
+            missing.add(kind)
+            continue
+        scale = ratio[(run["dataset"], run["model"])]
+        if kind in ("sibp",):  # epochs over the clean budget
+            scale *= run["budget"] / ref["budget"]
+        rows.setdefault(f"purify {kind}", []).append(base * scale + ref["defense_overhead"] * scale + START_S)
+        if P.smoothness_enabled(config) and ref["smoothness"]:
+            rows.setdefault("smoothness", []).append(ref["smoothness"] * scale + START_S)
+    total = sum(sum(v) for v in rows.values())
+    print(f"\nprofile {args.configfile or 'params.yaml'}: {len(runs)} purify runs, {len(trains)} trained models, "
+          f"precision {precision}, reference {args.reference} ({ref['threads']} thread(s) per job)\n")
+    print("| job class | jobs | projected s / job | core-hours |\n|---|---|---|---|")
+    for name, costs in sorted(rows.items(), key=lambda kv: -sum(kv[1])):
+        print(f"| {name} | {len(costs)} | {sum(costs) / len(costs):.0f} | {sum(costs) / 3600:.2f} |")
+    print(f"| **total** | {sum(len(v) for v in rows.values())} | | **{total / 3600:.2f}** |")
+    print(f"\nprojected wall time with {args.lanes} single-thread jobs at once: {total / args.lanes / 60:.0f} min")
+    if missing:
+        print(f"(no reference time for defense types {sorted(missing)}: left out)")
+
+
+if __name__ == "__main__":
+    main()
