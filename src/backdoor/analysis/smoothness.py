@@ -103,8 +103,8 @@ def fixed_images(train_x: torch.Tensor, train_y: torch.Tensor, candidates: torch
     return train_x[idx], train_y[idx]
 
 
-def smoothness(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, power_iterations: int = 50,
-               probes: int = 20, tol: float = 1e-3, seed: int = 0,
+def smoothness(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, power_iterations: int = 30,
+               probes: int = 20, tol: float = 1e-2, seed: int = 0,
                device: torch.device | str = "cpu") -> Smoothness:
     """λ_max and Tr(H) of ``model``'s cross-entropy on the uint8 ``images`` (one batch)."""
     start = time.perf_counter()
