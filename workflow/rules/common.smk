@@ -1,22 +1,12 @@
-# Shared helpers: params validation, the study matrix, the params each step depends on.
+# Shared helpers: params.yaml checked and resolved, the study matrix, the params each step depends on.
 import os
-import sys
 from pathlib import Path
 
-# The library of this checkout, installed or not: for the Snakefile and, through PYTHONPATH, for
-# the jobs' scripts (so a second clone never runs another clone's installed code).
-LIBRARY = str(Path(workflow.basedir) / "src")
-sys.path.insert(0, LIBRARY)
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [LIBRARY, os.environ.get("PYTHONPATH")]))
-
-from backdoor import params as P
-
 try:
-    P.validate(config, Path(workflow.basedir) / "workflow/schemas/params.schema.yaml")
+    PARAMS = P.validate(config, "params.yaml")  # every problem at once, with its line
 except P.ParamsError as err:
     raise WorkflowError(str(err)) from None
 
-STUDY = config["study"]
 STUDY_ENV = "../../envs/study.yaml"  # for --sdm conda (relative to the rule files)
 CORES = workflow.cores or 1
 # A training job uses up to 4 cores. With more --cores than the machine has CPUs, Snakemake would
@@ -47,20 +37,24 @@ def step_params(step):
 
 def surrogate_model(wildcards):
     """The clean model a crafted attack (trojan, lc, input_aware) is optimised against."""
-    s = config["surrogate"]
-    return f"results/models/{wildcards.dataset}/{s['model']}/{s['attack']}/seed{s['seed']}.pt"
+    s = PARAMS.surrogate
+    return f"results/models/{wildcards.dataset}/{s.model}/{s.attack}/seed{s.seed}.pt"
 
 
 def poison_inputs(wildcards):
     inputs = {"prepared": f"data/prepared/{wildcards.dataset}.pt"}
-    if P.is_crafted(config, wildcards.attack):
+    if PARAMS.attacks[wildcards.attack].crafted:
         inputs["asset"] = f"results/assets/{wildcards.dataset}/{wildcards.attack}.pt"
     return inputs
 
 
 RUN_JSONS = [
-    "results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.json".format(**run)
-    for run in P.study_runs(config)
+    "results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.json".format(
+        **run
+    )
+    for run in PARAMS.study.runs()
 ]
-FIGURES = expand("results/figures/{name}.{ext}", name=["acc_asr", "runtime"], ext=["png", "svg"])
+FIGURES = expand(
+    "results/figures/{name}.{ext}", name=["acc_asr", "runtime"], ext=["png", "svg"]
+)
 REPORT_OUTPUTS = ["results/metrics.csv", "results/table.md", *FIGURES]

@@ -3,6 +3,8 @@ rule aggregate:
         RUN_JSONS,
     output:
         "results/metrics.csv",
+    log:
+        "logs/aggregate.log",
     conda:
         STUDY_ENV
     script:
@@ -15,6 +17,8 @@ rule report:
     output:
         table="results/table.md",
         figures=report(FIGURES, caption="../report/figures.rst", category="Results"),
+    log:
+        "logs/report.log",
     conda:
         STUDY_ENV
     script:

@@ -13,12 +13,10 @@ from .base import Attack, AttackContext
 
 
 class BadNets(Attack):
-    def __init__(self, params: dict, ctx: AttackContext):
+    def __init__(self, params, ctx: AttackContext):
         super().__init__(params, ctx)
-        self.patch_size = int(params.get("patch_size", 3))
-        self.value = int(params.get("value", 255))
-        if not 1 <= self.patch_size <= ctx.size:
-            raise ValueError(f"attacks.<id>.patch_size = {self.patch_size} must be within 1..{ctx.size}")
+        self.patch_size = self.params.patch_size
+        self.value = self.params.value
 
     def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:
         out = images.clone()

@@ -10,7 +10,7 @@ the unbiased standard deviation) are pruned: conv filter (and bias), γ and β o
 No data are read, no training happens: ``clean`` is ignored (a test checks it is never touched),
 and the run takes milliseconds.
 
-Parameters (params.yaml ``defenses.clp``): ``u`` 3.0 (the paper's and BackdoorBench's CIFAR
+Settings (``defenses.<id>``, declared in ``backdoor.schema.defenses.CLP``): ``u`` 3.0 (the paper's and BackdoorBench's CIFAR
 default). ``trace_size`` 32: the side of the synthetic constant image used once to find which BN
 follows which conv (not data; the model's global pooling makes the size irrelevant).
 
@@ -35,10 +35,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..schema.defenses import CLP
 from .channels import probe_input, trace, zero_channels
-
-DEFAULTS = dict(u=3.0, trace_size=32)
-
 
 @torch.no_grad()
 def channel_lipschitz(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
@@ -50,7 +48,7 @@ def channel_lipschitz(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
 
 
 def purify(model, clean, params, gen, device):
-    cfg = {**DEFAULTS, **{k: v for k, v in params.items() if k in DEFAULTS}}
+    cfg = CLP.of(params)
     model.to(device)
     modules = dict(model.named_modules())
     pairs = trace(model, probe_input(model, int(cfg["trace_size"]))).conv_bn

@@ -28,7 +28,7 @@ gradient pass never runs the layers after ℓ. On the compact CNN at width 16 (2
 inputs) this takes ≈ 3.5 s on one CPU thread (up to ≈ 10 s on a loaded machine), against ≈ 25 s
 for the 240 fine-tuning steps.
 
-Parameters (params.yaml ``defenses.fmp``; FitConfig keys go to ``fit``):
+Settings (``defenses.<id>``, declared in ``backdoor.schema.defenses.FMP``; the fit keys go to ``fit``):
 
 - ``sensitivity_batch`` 32, ``alpha`` 0.02, ``eps`` 0.06: the authors' FMT config for CIFAR-10
   (methods.md §4.4). ``eps`` is 0.06 and not the 1/255 of the Dunnett et al. port: 0.06 is the only
@@ -112,17 +112,10 @@ from torch import nn
 
 from ..augment import augment, to_float
 from ..data.tensors import TensorSet
+from ..schema.defenses import FMP
 from ..training import fit
 from .base import fit_config
 from .channels import ChannelMask, trace
-
-DEFAULTS = dict(
-    sensitivity_batch=32, alpha=0.02, eps=0.06, prune_ratio=1 / 64, rounding="ceil",
-    zero_bn_beta=True, hard_mask=True, chunk_images=1024,
-    lr=0.01, min_lr=1e-4, momentum=0.9, weight_decay=0.0, batch_size=256, iterations=240,
-    crop_pad=2, flip=True,
-)
-
 
 class _Stop(Exception):
     """Raised by a forward hook to end a forward pass once the wanted layer has run."""
@@ -218,9 +211,7 @@ def select(acc: torch.Tensor, loss: torch.Tensor, n: int) -> list[int]:
 
 
 def purify(model, clean: TensorSet, params, gen, device):
-    p = {**DEFAULTS, **{k: v for k, v in params.items() if k != "type"}}
-    if "epochs" in params and "iterations" not in params:
-        p["iterations"] = None
+    p = FMP.of(params)
     t0 = time.perf_counter()
     model.to(device, memory_format=torch.channels_last).eval()  # NHWC: ≈ 1.4× faster convs on CPU
     convs = conv_layers(model)

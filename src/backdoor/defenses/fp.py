@@ -46,15 +46,10 @@ import torch.nn.functional as F
 
 from ..augment import to_float
 from ..metrics import accuracy
+from ..schema.defenses import FinePruning
 from ..training import fit
 from .base import fit_config, split_validation
 from .channels import ChannelMask, largest_passing, trace, zero_channels
-
-DEFAULTS = dict(
-    val_fraction=0.2, acc_drop=0.1, step_ratio=0.01, max_ratio=0.95, rank_batch=256,
-    lr=0.01, iterations=500, batch_size=128, momentum=0.9, weight_decay=5e-4, crop_pad=2, flip=True,
-)
-
 
 @torch.no_grad()
 def mean_activations(model, conv, bn, images: torch.Tensor, batch: int, device) -> torch.Tensor:
@@ -74,7 +69,7 @@ def mean_activations(model, conv, bn, images: torch.Tensor, batch: int, device) 
 
 
 def purify(model, clean, params, gen, device):
-    cfg = {**DEFAULTS, **params}
+    cfg = FinePruning.of(params)
     model.to(device, memory_format=torch.channels_last)
     train_part, val_part = split_validation(clean, cfg["val_fraction"], gen)
     modules = dict(model.named_modules())

@@ -17,9 +17,7 @@ pixel space, inputs clamped to [0, 1]. Each of ``rounds`` (5) rounds:
    L(δ, θ) + ⟨stop_grad(v), Φ(stop_grad(δ), θ)⟩, which needs one more backward. One forward pass
    gives both L and g (the same logits).
 
-Parameters (params.yaml ``defenses.ibau``): ``rounds`` 5, ``K`` 5, ``lr`` 1.0e-4 (Adam),
-``steps_per_round`` 10, ``batch_size`` 128, ``pert_norm`` 3.0, ``pert_steps`` 10, ``inner_lr`` 0.1,
-``reg`` 1.0e-3, ``crop_pad`` 2, ``flip`` true.
+Settings (``defenses.<id>``) and their defaults: ``backdoor.schema.defenses.IBAU``.
 
 Budget and deviations (BackdoorBench: Adam 1e-4, 5 rounds, K 5, one pass over 5% clean data per
 round, i.e. ≈ 25–50 outer steps per round):
@@ -60,12 +58,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import augment, to_float
+from ..schema.defenses import IBAU
 from ..training import fit
 from .base import fit_config
-
-DEFAULTS = dict(rounds=5, K=5, lr=1e-4, steps_per_round=10, batch_size=128, pert_norm=3.0,
-                pert_steps=10, inner_lr=0.1, reg=1e-3, crop_pad=2, flip=True)
-
 
 def _project(delta: torch.Tensor, r: float) -> torch.Tensor:
     n = delta.norm()
@@ -99,7 +94,7 @@ def hypergrad_fn(params: list[nn.Parameter], delta: Callable[[], torch.Tensor], 
 
 
 def purify(model, clean, params, gen, device):
-    p = {**DEFAULTS, **{k: v for k, v in params.items() if k != "type"}}
+    p = IBAU.of(params)
     start = time.perf_counter()
     device = torch.device(device)
     model.to(device, memory_format=torch.channels_last)

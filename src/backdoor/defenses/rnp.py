@@ -34,11 +34,7 @@ the number of pruned channels (or the threshold) is selected on a validation spl
 fixed; augmentation (crop 2, flip) as in ``ft``. BackdoorBench's RNP runs with 1% clean data — the
 same as our 600-image budget.
 
-Parameters (params.yaml ``defenses.rnp``): ``unlearn_lr`` 0.01, ``unlearn_iterations`` 200,
-``clean_threshold`` 0.2, ``unlearn_weight_decay`` 5.0e-4, ``lr`` 0.2 (mask), ``recover_iterations``
-100, ``momentum`` 0.9, ``batch_size`` 128, ``thresholds`` 0..0.9, ``val_fraction`` 0.2,
-``max_acc_drop`` 0.05, ``threshold`` null, ``prune_by`` number, ``max_prune`` 0.5,
-``recover_batch_stats`` true, ``crop_pad`` 2, ``flip`` true.
+Settings (``defenses.<id>``) and their defaults: ``backdoor.schema.defenses.RNP``.
 """
 
 from __future__ import annotations
@@ -49,19 +45,11 @@ import torch
 import torch.nn.functional as F
 
 from ..models import copy_model
+from ..schema.defenses import RNP
 from ..training import fit
 from .anp import BNMasks, frozen, prune_channels, prune_info, select_threshold
 from .base import fit_config, split_validation
 from .channels import largest_passing
-
-DEFAULTS = dict(
-    unlearn_lr=0.01, unlearn_iterations=200, clean_threshold=0.2, unlearn_weight_decay=5e-4,
-    lr=0.2, recover_iterations=100, momentum=0.9, batch_size=128,
-    thresholds=[round(0.05 * i, 2) for i in range(19)], val_fraction=0.2, max_acc_drop=0.05,
-    threshold=None, crop_pad=2, flip=True, recover_batch_stats=True,
-    prune_by="number", max_prune=0.5,
-)
-
 
 def lowest(masks: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
     """The ``count`` channels with the lowest mask values over all layers (stable order on ties)."""
@@ -85,7 +73,7 @@ def select_count(model, masks, val, max_prune: float, max_acc_drop: float):
 
 
 def purify(model, clean, params, gen, device):
-    p = {**DEFAULTS, **{k: v for k, v in params.items() if k != "type"}}
+    p = RNP.of(params)
     start = time.perf_counter()
     train, val = split_validation(clean, p["val_fraction"], gen)
     model.to(device)
