@@ -8,6 +8,10 @@ Times `backdoor.training.fit` (the one training loop, with on-device augmentatio
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library, not an installed one
 import argparse
 import time
 

@@ -19,7 +19,10 @@ class _LogStream(io.TextIOBase):
 
     def __init__(self, fh, every: float):
         self.fh, self.every, self.last, self.pending = fh, every, -float("inf"), ""
-        self.encoding = "utf-8"
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
 
     def write(self, text: str) -> int:
         for char_run in _split(text):

@@ -13,7 +13,7 @@ import torch
 
 from .attacks import AttackContext, build_attack
 from .data import get_dataset
-from .data.download import fetch_dataset
+from .data.download import fetch_dataset, verify_dataset
 from .data.prepare import SplitParams, prepare
 from .data.tensors import TensorSet, TriggeredSet
 from .defenses import get_defense
@@ -48,6 +48,7 @@ def download(dataset: str, out_dir: str, data_params: dict) -> None:
 
 
 def prepare_dataset(dataset: str, raw_dir: str, out_path: str, splits: dict) -> None:
+    verify_dataset(get_dataset(dataset), raw_dir)  # the raw files may have changed since download
     prepared = prepare(dataset, raw_dir, SplitParams(**splits))
     save_tensors(prepared, out_path)
     print(f"prepare {dataset}: {len(prepared['attacker_idx'])} attacker, {len(prepared['pool_idx'])} pool, "
