@@ -392,7 +392,7 @@ def _check_scalar(value: Any, hint: type, meta: Mapping, path: str) -> tuple[Any
             hint_ = f" (did you mean {close[0]!r}?)" if close else ""
             return fail(f"{value!r} is not allowed{hint_}; allowed values: {', '.join(map(str, meta['choices']))}")
         if meta.get("pattern") and not re.fullmatch(meta["pattern"], value):
-            return fail(f"{value!r} does not match {meta['pattern']!r}")
+            return fail(f"{value!r} is not allowed: {meta.get('doc') or 'expected ' + meta['pattern']}")
         return value, []
     raise TypeError(f"{path}: unsupported declared type {hint!r}")
 
