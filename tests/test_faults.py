@@ -2,7 +2,8 @@
 
 - kill -9 of a train job and of a purify job while they write their outputs: nothing that looks
   complete is left, and rerunning gives results identical to an undisturbed run;
-- SIGINT to a running `run_all.sh` (what `make study` runs): running it again finishes the study;
+- SIGINT to a running `run_all.sh` (what `make study` runs) as a model is put in place: running it
+  again finishes the study (the default profile's rerun-incomplete);
 - a corrupted or truncated raw file: a checksum error naming the file and the fix, from the download
   step (a damaged mirror) and from prepare when it reruns (a damaged data/raw);
 - BAD_EDITS: each bad params.yaml edit is refused before any job, naming the key.
@@ -101,14 +102,16 @@ def reference(base):
 # -- kill -9 while a job writes ------------------------------------------------------------------
 
 class Inotify:
-    """Linux inotify on one folder: ``wait_for(suffix)`` blocks until a file ending so is created."""
+    """Linux inotify on one folder: ``wait_for(suffix)`` blocks until a file ending so is created (or,
+    with ``renamed``, renamed into the folder)."""
 
-    IN_CREATE = 0x100
+    IN_CREATE, IN_MOVED_TO = 0x100, 0x80
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, renamed: bool = False):
         self.libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         self.fd = self.libc.inotify_init()
-        if self.fd < 0 or self.libc.inotify_add_watch(self.fd, str(folder).encode(), self.IN_CREATE) < 0:
+        mask = self.IN_MOVED_TO if renamed else self.IN_CREATE
+        if self.fd < 0 or self.libc.inotify_add_watch(self.fd, str(folder).encode(), mask) < 0:
             raise OSError(ctypes.get_errno(), f"inotify on {folder}")
 
     def wait_for(self, suffix: str) -> str:
@@ -144,7 +147,9 @@ def job_process(cwd: Path, script: str, timeout: float = 300) -> int:
 
 def kill_while_writing(cwd: Path, folder: str, script: str) -> tuple[subprocess.CompletedProcess, str]:
     """Run the study and kill -9 the ``script`` job writing into ``folder`` once its first output file
-    (a temporary ``.part`` of io.atomic_path) appears. Returns Snakemake's result and that file's name."""
+    (a temporary ``.part`` of io.atomic_path) appears: in trials, before that file was renamed into place
+    7 times in 8, else just after, while the job wrote its second output. Returns Snakemake's result and
+    that file's name."""
     target = cwd / folder
     proc = subprocess.Popen("snakemake --cores 1 all", shell=True, cwd=cwd, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -185,17 +190,30 @@ def test_kill_9_of_train_and_purify_mid_write_leaves_nothing_complete_and_rerun_
 # -- Ctrl-C during `make study` -----------------------------------------------------------------
 
 def test_sigint_during_the_study_then_the_same_command_finishes_it(base, reference):
+    """Ctrl-C just after a train job put its model in place: the model exists but Snakemake marks it
+    incomplete, which stops a plain rerun unless the default profile's rerun-incomplete is loaded."""
     cwd = project(base, "interrupted")
+    models = cwd / "results/models/fashion_mnist/cnn/badnets"
     proc = subprocess.Popen("workflow/scripts/run_all.sh", shell=True, cwd=cwd, env=ENV, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    job_process(cwd, "purify.py")  # mid-study: models trained, a defense running
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does: the whole foreground group
+    deadline = time.monotonic() + 600
+    while not models.is_dir():
+        assert proc.poll() is None and time.monotonic() < deadline, "the study ended before training badnets"
+        time.sleep(0.02)
+    watch = Inotify(models, renamed=True)
+    try:
+        watch.wait_for("seed0.pt")
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does: the whole foreground group
+    finally:
+        watch.close()
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode != 0, out[-3000:]
-    assert not (cwd / "results/metrics.csv").exists()
+    assert (models / "seed0.pt").exists() and any((cwd / ".snakemake/incomplete").iterdir())
+    plain = run("snakemake -n --cores 1 all --workflow-profile none", cwd, ok=False)
+    assert "IncompleteFilesException" in plain.stdout + plain.stderr  # what the profile is needed for
 
     again = run("workflow/scripts/run_all.sh", cwd)  # make study's command, no extra flags
-    assert "IncompleteFilesException" not in again.stdout + again.stderr
+    assert "Using workflow specific profile profiles/default" in again.stdout + again.stderr
     assert_same_results(cwd, reference)
 
 
