@@ -188,3 +188,14 @@ def test_every_declared_setting_has_a_meaning():
         for kind, cls in family.items():
             for name, f in schema.declared(cls).items():
                 assert f.metadata.get("doc"), f"{kind}.{name} has no one-line meaning"
+
+
+def test_a_mirror_lacking_files_is_announced_before_the_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/raw here: the download step will run
+    config = copy.deepcopy(SHIPPED)
+    config["data"]["mirror"] = str(tmp_path / "mirror")
+    (tmp_path / "mirror").mkdir()
+    (notice,) = P.notices(P.validate(config, None))
+    assert f"data.mirror = {tmp_path / 'mirror'} holds no train-images-idx3-ubyte.gz" in notice
+    config["data"]["mirror"] = None
+    assert P.notices(P.validate(config, None)) == []

@@ -13,7 +13,7 @@ from pathlib import Path
 from .schema import Params, ParamsError, entry, resolve, section
 from .schema import source as _source
 
-__all__ = ["Params", "ParamsError", "check_syntax", "entry", "is_crafted", "section", "step_keys", "step_values",
+__all__ = ["Params", "ParamsError", "check_syntax", "entry", "is_crafted", "notices", "section", "step_keys", "step_values",
            "study_runs", "validate"]
 
 
@@ -26,6 +26,26 @@ def validate(config: dict, path: str | Path | None = "params.yaml") -> Params:
         if on_disk != config:
             lines = None
     return resolve(config, lines, source=str(path or "params"))
+
+
+def notices(params: Params) -> list[str]:
+    """Valid settings worth a word before the run: a data.mirror that lacks files the download step
+    will need (it then falls back to an OS package copy or the network)."""
+    from .data.registry import DATASETS
+
+    mirror, out = params.data.mirror, []
+    for name in params.study.datasets if mirror else []:
+        if Path("data/raw", name).exists():
+            continue  # downloaded already
+        spec = DATASETS[name]
+        missing = [f.name for f in spec.files
+                   if not any(Path(mirror, sub, f.name).is_file() for sub in ("", name))]
+        if missing:
+            system = [d for d in spec.system_mirrors if all(Path(d, f).is_file() for f in missing)]
+            fallback = (system[0] if system else "the network" if params.data.allow_network
+                        else "nothing (the download step will fail)")
+            out.append(f"data.mirror = {mirror} holds no {', '.join(missing)} for {name}: using {fallback}")
+    return out
 
 
 def check_syntax(path: str | Path) -> None:

@@ -2,10 +2,14 @@
 import os
 from pathlib import Path
 
+from snakemake.logging import logger
+
 try:
     PARAMS = P.validate(config, "params.yaml")  # every problem at once, with its line
 except P.ParamsError as err:
     raise WorkflowError(str(err)) from None
+for notice in P.notices(PARAMS):
+    logger.warning(notice)
 
 STUDY_ENV = "../../envs/study.yaml"  # for --sdm conda (relative to the rule files)
 CORES = workflow.cores or 1
