@@ -163,11 +163,11 @@ def prune_info(masks: dict[str, torch.Tensor], threshold: float) -> dict:
 def purify(model, clean, params, gen, device):
     p = ANP.of(params)
     start = time.perf_counter()
-    train, val = split_validation(clean, p["val_fraction"], gen)
+    train, val = split_validation(clean, p.val_fraction, gen)
     model.to(device)
-    masker = BNMasks(model, noise=p["eps"] > 0)
+    masker = BNMasks(model, noise=p.eps > 0)
     noise_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
-    eps, steps, alpha = float(p["eps"]), int(p["anp_steps"]), float(p["alpha"])
+    eps, steps, alpha = float(p.eps), int(p.anp_steps), float(p.alpha)
 
     def loss_fn(m, x, y, step):
         m.eval()  # masks act on running statistics; no statistics update
@@ -195,10 +195,10 @@ def purify(model, clean, params, gen, device):
     finally:
         masker.detach()
     masks = masker.values()
-    if p["threshold"] is None:
-        threshold, curve, base = select_threshold(model, masks, val, p["thresholds"], p["max_acc_drop"])
+    if p.threshold is None:
+        threshold, curve, base = select_threshold(model, masks, val, p.thresholds, p.max_acc_drop)
     else:
-        threshold, curve, base = float(p["threshold"]), {}, None
+        threshold, curve, base = float(p.threshold), {}, None
     prune_channels(model, {n: m < threshold for n, m in masks.items()})
     model.eval()
     info = prune_info(masks, threshold)

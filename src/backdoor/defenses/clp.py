@@ -51,7 +51,7 @@ def purify(model, clean, params, gen, device):
     cfg = CLP.of(params)
     model.to(device)
     modules = dict(model.named_modules())
-    pairs = trace(model, probe_input(model, int(cfg["trace_size"]))).conv_bn
+    pairs = trace(model, probe_input(model, int(cfg.trace_size))).conv_bn
     layers, total = {}, 0
     for conv_name, bn_name in pairs.items():
         if bn_name is None:
@@ -59,10 +59,10 @@ def purify(model, clean, params, gen, device):
             continue
         conv, bn = modules[conv_name], modules[bn_name]
         uclc = channel_lipschitz(conv, bn)
-        threshold = (uclc.mean() + cfg["u"] * uclc.std()).item() if len(uclc) > 1 else float("inf")
+        threshold = (uclc.mean() + cfg.u * uclc.std()).item() if len(uclc) > 1 else float("inf")
         pruned = torch.nonzero(uclc > threshold).flatten().tolist()
         zero_channels(conv, bn, pruned)
         total += len(pruned)
         layers[conv_name] = {"bn": bn_name, "channels": len(uclc), "threshold": threshold,
                              "pruned": pruned, "uclc_pruned": uclc[pruned].tolist()}
-    return model, {"u": cfg["u"], "pruned_total": total, "layers": layers}
+    return model, {"u": cfg.u, "pruned_total": total, "layers": layers}

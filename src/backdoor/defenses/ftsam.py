@@ -81,8 +81,8 @@ def purify(model, clean, params, gen, device):
     cfg = FTSAM.of(params)
     trained = [p for p in model.parameters() if p.requires_grad]
     result = fit(model, clean, fit_config(cfg), gen=gen, device=device,
-                 loss_fn=smoothed_ce(float(cfg["label_smoothing"])),
-                 grad_fn=sam_grad_fn(trained, float(cfg["rho"]), bool(cfg["adaptive"]), float(cfg["eta"])),
+                 loss_fn=smoothed_ce(float(cfg.label_smoothing)),
+                 grad_fn=sam_grad_fn(trained, float(cfg.rho), bool(cfg.adaptive), float(cfg.eta)),
                  desc="ftsam")
-    return model, {"steps": result.steps, "final_loss": result.final_loss, "rho": cfg["rho"],
-                   "adaptive": cfg["adaptive"]}
+    return model, {"steps": result.steps, "final_loss": result.final_loss, "rho": cfg.rho,
+                   "adaptive": cfg.adaptive}

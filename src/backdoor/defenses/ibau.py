@@ -101,13 +101,13 @@ def purify(model, clean, params, gen, device):
     x_all, y_all = clean.x.to(device), clean.y.to(device)
     aug_gen = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
     theta = [q for q in model.parameters() if q.requires_grad]
-    r, eta, reg, K = float(p["pert_norm"]), float(p["inner_lr"]), float(p["reg"]), int(p["K"])
-    n_rounds, per_round = int(p["rounds"]), int(p["steps_per_round"])
-    step_size = 2.5 * r / max(1, int(p["pert_steps"]))
+    r, eta, reg, K = float(p.pert_norm), float(p.inner_lr), float(p.reg), int(p.K)
+    n_rounds, per_round = int(p.rounds), int(p.steps_per_round)
+    step_size = 2.5 * r / max(1, int(p.pert_steps))
 
     def batch():  # for the inner maximisation; the outer batches come from fit
-        idx = torch.randint(0, len(clean), (int(p["batch_size"]),), generator=gen).to(device)
-        x = augment(to_float(x_all[idx]), int(p["crop_pad"]), bool(p["flip"]), aug_gen)
+        idx = torch.randint(0, len(clean), (int(p.batch_size),), generator=gen).to(device)
+        x = augment(to_float(x_all[idx]), int(p.crop_pad), bool(p.flip), aug_gen)
         return x.contiguous(memory_format=torch.channels_last), y_all[idx]
 
     rounds: list[dict] = []
@@ -119,7 +119,7 @@ def purify(model, clean, params, gen, device):
         model.eval()
         try:
             delta = torch.zeros((1, *clean.x.shape[1:]), device=device)
-            for _ in range(int(p["pert_steps"])):
+            for _ in range(int(p.pert_steps)):
                 x, y = batch()
                 delta.requires_grad_(True)
                 loss = F.cross_entropy(model((x + delta).clamp(0, 1)), y)

@@ -92,23 +92,23 @@ class _Features:
 def purify(model, clean, params, gen, device):
     cfg = NAD.of(params)
     model.to(device, memory_format=torch.channels_last)
-    if cfg["layers"] == "auto":
-        layers = stage_outputs(model, to_float(clean.x[:2].to(device)), int(cfg["n_layers"]))
+    if cfg.layers == "auto":
+        layers = stage_outputs(model, to_float(clean.x[:2].to(device)), int(cfg.n_layers))
     else:
-        layers = list(cfg["layers"])
-    betas = [float(b) for b in cfg["betas"]][-len(layers):]
+        layers = list(cfg.layers)
+    betas = [float(b) for b in cfg.betas][-len(layers):]
     if len(betas) != len(layers):
-        raise ValueError(f"nad: {len(layers)} layers but {len(cfg['betas'])} betas")
+        raise ValueError(f"nad: {len(layers)} layers but {len(cfg.betas)} betas")
 
     teacher = copy.deepcopy(model)
-    t_result = fit(teacher, clean, fit_config(cfg, iterations=int(cfg["teacher_iterations"]), epochs=None),
+    t_result = fit(teacher, clean, fit_config(cfg, iterations=int(cfg.teacher_iterations), epochs=None),
                    gen=gen, device=device, desc="nad-teacher")
     teacher.eval()
     for q in teacher.parameters():
         q.requires_grad_(False)
 
     s_feats, t_feats = _Features(model, layers), _Features(teacher, layers)
-    p = float(cfg["p"])
+    p = float(cfg.p)
 
     def loss_fn(net, x, y, step):
         logits = net(x)

@@ -129,12 +129,12 @@ def purify(model, clean, params, gen, device):
     layers = bn_forward_order(model, probe)
     with torch.no_grad():
         num_classes = model.eval()(probe).shape[1]
-    if not p["mask_first_bn"]:
+    if not p.mask_first_bn:
         layers = layers[1:]
     if not layers:
         raise ValueError("nft: the model has no affine BatchNorm layer to mask")
-    floors = mask_floors(len(layers), p["floor_alpha"], p["floor_beta"], p["floor_depth"],
-                         p["floor_ref_layers"])
+    floors = mask_floors(len(layers), p.floor_alpha, p.floor_beta, p.floor_depth,
+                         p.floor_ref_layers)
     n_c = len(clean) / num_classes
 
     # Freeze every original parameter, then mask the chosen BN weights.
@@ -150,10 +150,10 @@ def purify(model, clean, params, gen, device):
 
     mix_gen = torch.Generator().manual_seed(_seed_from(gen))
     mix_rng = np.random.default_rng(_seed_from(gen))
-    alpha, reg = float(p["mixup_alpha"]), float(p["l1_weight"]) / n_c
+    alpha, reg = float(p.mixup_alpha), float(p.l1_weight) / n_c
 
     def loss_fn(net, x, y, step):
-        if p["bn_stats"] == "frozen":
+        if p.bn_stats == "frozen":
             for bn in all_bns:
                 bn.eval()
         if alpha > 0:
@@ -186,5 +186,5 @@ def purify(model, clean, params, gen, device):
                   "below_half": int((m < 0.5).sum()), "at_one": int((m >= 1.0).sum())}
                  for (name, _), m, floor in zip(layers, final, floors)]
     return model, {"steps": result.steps, "seconds": result.seconds, "final_loss": result.final_loss,
-                   "n_c": n_c, "num_classes": int(num_classes), "bn_stats": p["bn_stats"],
+                   "n_c": n_c, "num_classes": int(num_classes), "bn_stats": p.bn_stats,
                    "masked_layers": per_layer}

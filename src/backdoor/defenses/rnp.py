@@ -75,7 +75,7 @@ def select_count(model, masks, val, max_prune: float, max_acc_drop: float):
 def purify(model, clean, params, gen, device):
     p = RNP.of(params)
     start = time.perf_counter()
-    train, val = split_validation(clean, p["val_fraction"], gen)
+    train, val = split_validation(clean, p.val_fraction, gen)
     model.to(device)
     unlearned = copy_model(model)
 
@@ -89,23 +89,23 @@ def purify(model, clean, params, gen, device):
         return -F.cross_entropy(logits, y)
 
     def stop_check(step):
-        state["stopped_early"] = hits[-1] <= p["clean_threshold"]
+        state["stopped_early"] = hits[-1] <= p.clean_threshold
         return state["stopped_early"]
 
-    cfg = fit_config(p, lr=p["unlearn_lr"], weight_decay=p["unlearn_weight_decay"],
-                     iterations=p["unlearn_iterations"], schedule="constant")
+    cfg = fit_config(p, lr=p.unlearn_lr, weight_decay=p.unlearn_weight_decay,
+                     iterations=p.unlearn_iterations, schedule="constant")
     unlearn = fit(unlearned, train, cfg, gen=gen, device=device, loss_fn=ascent, after_step=stop_check,
                   desc="rnp-unlearn")
     unlearn_acc = hits[-1]
 
     # 2. recover: masks on the frozen unlearned model
-    masker = BNMasks(unlearned, batch_stats=p["recover_batch_stats"])
+    masker = BNMasks(unlearned, batch_stats=p.recover_batch_stats)
 
     def recover(m, x, y, step):
         m.eval()
         return F.cross_entropy(m(x), y)
 
-    cfg = fit_config(p, iterations=p["recover_iterations"], schedule="constant", weight_decay=0.0)
+    cfg = fit_config(p, iterations=p.recover_iterations, schedule="constant", weight_decay=0.0)
     try:
         with frozen(unlearned):
             result = fit(unlearned, train, cfg, gen=gen, device=device, params=masker.mask_list(),
@@ -117,15 +117,15 @@ def purify(model, clean, params, gen, device):
 
     # 3. prune the original model
     model.eval()
-    if p["threshold"] is not None:
-        threshold, curve, base = float(p["threshold"]), {}, None
+    if p.threshold is not None:
+        threshold, curve, base = float(p.threshold), {}, None
         sel = {n: m < threshold for n, m in masks.items()}
-    elif p["prune_by"] == "threshold":
-        threshold, curve, base = select_threshold(model, masks, val, p["thresholds"], p["max_acc_drop"])
+    elif p.prune_by == "threshold":
+        threshold, curve, base = select_threshold(model, masks, val, p.thresholds, p.max_acc_drop)
         sel = {n: m < threshold for n, m in masks.items()}
     else:
         threshold = None
-        count, curve, base = select_count(model, masks, val, p["max_prune"], p["max_acc_drop"])
+        count, curve, base = select_count(model, masks, val, p.max_prune, p.max_acc_drop)
         sel = lowest(masks, count)
     prune_channels(model, sel)
     info = prune_info(masks, threshold if threshold is not None else -1.0)

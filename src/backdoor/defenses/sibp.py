@@ -222,11 +222,11 @@ def _schedule(params: dict) -> list[tuple[float, float, int]]:
 def purify(model, clean, params, gen, device):
     p = SIBP.of(params)
     model.to(device)
-    hard = bool(p["hard_mask"])
+    hard = bool(p.hard_mask)
     masks: dict[str, torch.Tensor] = {}
     rounds_info = []
     for j, (u, coef, epochs) in enumerate(_schedule(p)):
-        found = inspect(model, u, coef, p["threshold_layers"], masks if hard else None)
+        found = inspect(model, u, coef, p.threshold_layers, masks if hard else None)
         # hard mask: dead channels are out of the statistics, so everything flagged is new;
         # soft: every channel is re-scored and whatever is flagged is zeroed again (as released)
         new = found["prune"]
