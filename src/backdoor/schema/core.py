@@ -62,8 +62,9 @@ def param(default: Any = REQUIRED, doc: str = "", *, gt=None, ge=None, lt=None, 
 
 
 def spec(cls):
-    """Make ``cls`` a declaration: a frozen, keyword-only dataclass."""
-    return dataclass(frozen=True, kw_only=True)(cls)
+    """Make ``cls`` a declaration: a frozen, keyword-only dataclass (equality is the Mapping's: equal
+    settings; no generated __eq__, which keeps the import, and so the Snakefile's parse, faster)."""
+    return dataclass(frozen=True, kw_only=True, eq=False)(cls)
 
 
 @spec
