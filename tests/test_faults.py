@@ -323,6 +323,7 @@ BAD_EDITS = [
     ("zero model width", _set("models.cnn.width", 0), "models.cnn.width: 0 is out of range"),
     ("YAML syntax error", _text("device: cpu", "device: [cpu"), "(YAML syntax)"),
     ("key given twice", _text("device: cpu", "device: cpu\ndevice: auto"), "device: given twice"),
+    ("yes for a boolean", _text("  flip: true", "  flip: yes"), "train.flip: 'yes': write true or false"),
 ]
 
 

@@ -123,6 +123,9 @@ def test_yaml_syntax_error_and_duplicate_key_name_their_line(tmp_path):
     path.write_text("device: cpu\nprecision: fp32\ndevice: auto\n")
     with pytest.raises(P.ParamsError, match=r"line 3: device: given twice \(lines 1 and 3\)"):
         P.check_syntax(path)
+    path.write_text("data:\n  allow_network: no\n")
+    with pytest.raises(P.ParamsError, match=r"line 2: data.allow_network: 'no': write true or false"):
+        P.check_syntax(path)
 
 
 def test_step_values_come_from_step_keys_only():

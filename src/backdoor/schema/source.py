@@ -13,8 +13,8 @@ Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def read(path: str | Path) -> tuple[Any, dict[str, int]]:
-    """The YAML document at ``path`` and {key path: line}. A syntax error or a key given twice is a
-    ParamsError naming the line."""
+    """The YAML document at ``path`` and {key path: line}. A syntax error, a key given twice or a
+    boolean written other than true/false is a ParamsError naming the line."""
     text = Path(path).read_text()
     try:
         node = yaml.compose(text, Loader=Loader)
@@ -50,6 +50,10 @@ def _walk(node, path: str, lines: dict[str, int], problems: list[Problem]) -> No
             sub = f"{path}[{i}]"
             lines[sub] = item.start_mark.line + 1
             _walk(item, sub, lines, problems)
+    elif node.tag == "tag:yaml.org,2002:bool" and node.value.lower() not in ("true", "false"):
+        # PyYAML (Snakemake) reads yes/no/on/off as booleans, YAML 1.2 (DVC) as strings
+        problems.append(Problem(path, f"{node.value!r}: write true or false (YAML readers disagree on "
+                                      f"{node.value!r})", node.start_mark.line + 1))
 
 
 def line_of(key: str, lines: dict[str, int]) -> int | None:
