@@ -85,11 +85,19 @@ def test_omitted_keys_take_the_declared_defaults():
     config = copy.deepcopy(SHIPPED)
     config["defenses"]["fip"] = {}
     config["attacks"]["badnets"] = {}
-    del config["train"], config["splits"]
+    config["train"], config["splits"] = {}, {}
     params = P.validate(config, None)
     assert params.defenses["fip"] == schema.DEFENSES["fip"].of({})
     assert params.attacks["badnets"].patch_size == 3 and params.train.epochs == 5
     assert params.splits.clean_pool == 5000
+
+
+def test_a_section_dvc_tracks_must_be_present_even_if_empty():
+    msg = problems(lambda c: c.pop("train"))
+    assert "train: missing: DVC stages track `train`" in msg and "write `train: {}`" in msg
+    config = copy.deepcopy(SHIPPED)
+    del config["train"]
+    assert schema.resolve(config).train.epochs == 5  # the declarations themselves do not need it
 
 
 def test_epochs_replace_the_default_iterations_and_both_is_an_error():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .schema import Params, ParamsError, entry, resolve, section
+from .schema import Params, ParamsError, Problem, entry, resolve, section
 from .schema import source as _source
 
 __all__ = ["Params", "ParamsError", "check_syntax", "entry", "is_crafted", "notices", "section", "step_keys", "step_values",
@@ -25,7 +25,24 @@ def validate(config: dict, path: str | Path | None = "params.yaml") -> Params:
         on_disk, lines = _source.read(path)
         if on_disk != config:
             lines = None
-    return resolve(config, lines, source=str(path or "params"))
+    source = str(path or "params")
+    missing = [Problem(key, f"missing: DVC stages track `{key}` (dvc repro stops on a missing parameter); "
+                            f"write `{key}: {{}}` to take its declared defaults")
+               for key in tracked_sections() if isinstance(config, dict) and key not in config]
+    try:
+        params = resolve(config, lines, source=source)
+    except ParamsError as err:
+        raise ParamsError(missing + err.problems, source) from None
+    if missing:
+        raise ParamsError(missing, source)
+    return params
+
+
+def tracked_sections() -> list[str]:
+    """The top-level keys some DVC stage tracks (``step_keys``): params.yaml must have each."""
+    keys = [key.split(".")[0] for step in STEPS for key in step_keys(step, dataset="d", model="m", attack="a",
+                                                                        defense="d")]
+    return list(dict.fromkeys(keys))
 
 
 def notices(params: Params) -> list[str]:
@@ -66,6 +83,9 @@ def is_crafted(config: dict, attack: str) -> bool:
 
 
 # -- what each step reads -------------------------------------------------------------------------
+
+STEPS = ("download", "prepare", "craft", "poison", "train", "purify", "aggregate", "report")
+
 
 def step_keys(step: str, **wc: str) -> list[str]:
     """The dotted params.yaml keys a job of ``step`` depends on (DVC `params:`)."""
