@@ -341,7 +341,7 @@ def test_prepare_re_verifies_the_raw_files(tmp_path):
     (folder / "blob.bin").write_bytes(BLOB)
     verify_dataset(toy_spec(raw), folder)  # intact: no error
     (folder / "blob.bin").write_bytes(BLOB[:-3])  # truncated after the download step
-    with pytest.raises(ChecksumError, match=rf"checksum mismatch for {folder / 'blob.bin'}.*Delete the folder {folder}"):
+    with pytest.raises(ChecksumError, match=rf"mismatch for {folder / 'blob.bin'}.*Delete the folder {folder}"):
         verify_dataset(toy_spec(raw), folder)
     with pytest.raises(ChecksumError, match="train-images-idx3-ubyte.gz"):  # the step itself checks first
         (folder / "train-images-idx3-ubyte.gz").write_bytes(b"not the original")

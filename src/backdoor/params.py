@@ -13,8 +13,8 @@ from pathlib import Path
 from .schema import Params, ParamsError, Problem, entry, resolve, section
 from .schema import source as _source
 
-__all__ = ["Params", "ParamsError", "check_syntax", "entry", "is_crafted", "notices", "section", "step_keys", "step_values",
-           "study_runs", "validate"]
+__all__ = ["Params", "ParamsError", "check_syntax", "entry", "is_crafted", "notices", "section", "step_keys",
+           "step_values", "study_runs", "tracked_sections", "validate"]
 
 
 def validate(config: dict, path: str | Path | None = "params.yaml") -> Params:

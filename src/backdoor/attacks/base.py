@@ -9,9 +9,9 @@ balanced classes that is every target-class image) and keep their labels. All-to
 y → (y + 1) mod K.
 
 Attacks whose trigger or poisoned images are optimised against a model (TrojanNN, LC, input-aware)
-are declared ``crafted=True`` (``backdoor.schema.attacks``): the DAG's craft step calls ``craft`` once with the attacker's clean
-surrogate model (the study's benign model) and saves what it returns; the poison step hands that
-asset to ``use_asset`` before poisoning.
+are declared ``crafted=True`` (``backdoor.schema.attacks``): the DAG's craft step calls ``craft``
+once with the attacker's clean surrogate model (the study's benign model) and saves what it returns;
+the poison step hands that asset to ``use_asset`` before poisoning.
 """
 
 from __future__ import annotations

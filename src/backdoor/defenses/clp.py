@@ -10,9 +10,10 @@ the unbiased standard deviation) are pruned: conv filter (and bias), γ and β o
 No data are read, no training happens: ``clean`` is ignored (a test checks it is never touched),
 and the run takes milliseconds.
 
-Settings (``defenses.<id>``, declared in ``backdoor.schema.defenses.CLP``): ``u`` 3.0 (the paper's and BackdoorBench's CIFAR
-default). ``trace_size`` 32: the side of the synthetic constant image used once to find which BN
-follows which conv (not data; the model's global pooling makes the size irrelevant).
+Settings (``defenses.<id>``, declared in ``backdoor.schema.defenses.CLP``): ``u`` 3.0 (the paper's
+and BackdoorBench's CIFAR default). ``trace_size`` 32: the side of the synthetic constant image
+used once to find which BN follows which conv (not data; the model's global pooling makes the size
+irrelevant).
 
 Deviations, and why:
 

@@ -88,7 +88,8 @@ class BadNets(Attack):
     def check_data(self, data):
         problems = super().check_data(data)
         if self.patch_size > data.size:
-            problems.append(("patch_size", f"{self.patch_size} does not fit {_name(data)}'s {data.size}×{data.size} images"))
+            problems.append(("patch_size", f"{self.patch_size} does not fit {_name(data)}'s "
+                                           f"{data.size}×{data.size} images"))
         return problems
 
 
