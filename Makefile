@@ -1,15 +1,24 @@
 # The README's two commands: `make study` (set up + the default study) and `make test`.
+# Every target uses the checkout's own virtual environment, .venv/ (made by `make setup`), so two
+# clones never run each other's code; `make PYTHON=python3 ...` uses an environment of your own.
 SHELL := /bin/bash
-PYTHON ?= python3
+VENV ?= .venv
+PYTHON ?= $(VENV)/bin/python
 CORES ?= $(shell nproc)
+# The chosen environment's commands (snakemake, dvc, snakefmt) come first on the PATH of every recipe.
+BIN := $(if $(findstring /,$(PYTHON)),$(abspath $(dir $(PYTHON))))
+export PATH := $(if $(BIN),$(BIN):)$(PATH)
 
-.PHONY: setup study test test-fast dvc.yaml bench clean
+.PHONY: setup study test test-fast lint dvc.yaml bench clean
 
-setup:  ## install system + Python dependencies (idempotent)
+setup:  ## install system + Python dependencies into .venv (idempotent)
 	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
 	  echo "installing the Debian package dataset-fashion-mnist (Fashion-MNIST's original files)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+	@if [ "$(PYTHON)" = "$(VENV)/bin/python" ] && [ ! -x "$(PYTHON)" ]; then \
+	  echo "creating the virtual environment $(VENV)"; python3 -m venv $(VENV); \
 	fi
 	$(PYTHON) -m pip install -q -r envs/requirements.txt
 	$(PYTHON) -m pip install -q --no-deps -e .
@@ -18,11 +27,15 @@ study: setup  ## the whole default study: results/metrics.csv, results/table.md,
 	time CORES=$(CORES) workflow/scripts/run_all.sh
 	@cat results/table.md
 
-test: setup  ## the test suite (unit tests + end-to-end DAG runs under Snakemake and DVC)
+test: setup lint  ## lint, then the test suite (unit tests + end-to-end DAG runs under Snakemake and DVC)
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests
 
-test-fast: ## unit tests only
-	$(PYTHON) -m pytest -q -m "not e2e" tests
+test-fast:  ## unit tests only
+	$(PYTHON) -m pytest -q -m "not e2e" -p no:cacheprovider tests
+
+lint:  ## snakefmt and snakemake --lint on the workflow
+	snakefmt --check .
+	snakemake --lint
 
 dvc.yaml:  ## regenerate dvc.yaml from the Snakemake DAG (after editing study: in params.yaml)
 	$(PYTHON) workflow/scripts/snake2dvc.py > dvc.yaml.tmp && mv dvc.yaml.tmp dvc.yaml
@@ -30,5 +43,5 @@ dvc.yaml:  ## regenerate dvc.yaml from the Snakemake DAG (after editing study: i
 bench:  ## every defense of params.yaml on the badnets model, as a table
 	$(PYTHON) benchmarks/purify.py --attack badnets --defenses $$($(PYTHON) -c "import yaml; print(','.join(yaml.safe_load(open('params.yaml'))['study']['defenses']))")
 
-clean:  ## remove pipeline outputs (not the DVC cache)
-	rm -rf data results .snakemake
+clean:  ## remove pipeline outputs and logs (not the DVC cache, not .venv)
+	rm -rf data results logs .snakemake

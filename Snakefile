@@ -1,8 +1,28 @@
-# The study's DAG. Everything comes from params.yaml (validated before any job runs).
+# The study's DAG. Everything comes from params.yaml (checked before any job runs).
 #   snakemake --cores 8 all      (dvc repro runs the same jobs: dvc.yaml is generated from this DAG)
+# Job output goes to logs/<rule>/<wildcards>.log; profiles/default/config.yaml sets the defaults.
+import os
+import sys
+
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+# The library of this checkout, installed or not: for the Snakefile and, through PYTHONPATH, for the
+# jobs' scripts (so a second clone never runs another clone's installed code).
+LIBRARY = os.path.join(workflow.basedir, "src")
+sys.path.insert(0, LIBRARY)
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(filter(None, [LIBRARY, os.environ.get("PYTHONPATH")]))
+)
+
+from backdoor import params as P
+
+# A YAML error with its line number (configfile: would not say where).
+try:
+    P.check_syntax("params.yaml")
+except P.ParamsError as err:
+    raise WorkflowError(str(err)) from None
 
 
 configfile: "params.yaml"

@@ -111,31 +111,31 @@ def main() -> None:
     trains = Counter((r["dataset"], r["model"], r["attack"], r["seed"]) for r in runs)
     crafted = sorted({(r["dataset"], r["attack"]) for r in runs if P.is_crafted(config, r["attack"])})
     if crafted:
-        s = config["surrogate"]
+        s = P.section(config, "surrogate")
         for dataset, _ in crafted:
-            trains[(dataset, s["model"], s["attack"], s["seed"])] += 0
+            trains[(dataset, s.model, s.attack, s.seed)] += 0
     ratio: dict[tuple, float] = {}
     for dataset, model in sorted({(d, m) for d, m, _, _ in trains}):
-        spec = P.model_params(config, model)
-        ratio[(dataset, model)] = step_seconds(spec["type"], spec.get("width"), dataset, precision) / ref_step
+        spec = P.entry(config, "models", model)
+        ratio[(dataset, model)] = step_seconds(spec.kind, getattr(spec, "width", None), dataset, precision) / ref_step
         print(f"measured: {model} on {dataset}-shaped images ({precision}) costs {ratio[(dataset, model)]:.2f}× "
               f"a step of the reference cnn/fashion_mnist (fp32, {ref_step * 1000:.0f} ms per 128 images)")
 
-    epochs = config["train"]["epochs"]
+    epochs = P.section(config, "train").epochs
     rows: dict[str, list[float]] = {}
     for (dataset, model, _, _) in trains:
-        n = (TRAIN_IMAGES[dataset] if config["splits"].get("train_limit") is None
-             else config["splits"]["train_limit"]) - config["splits"]["clean_pool"]
+        splits = P.section(config, "splits")
+        n = (TRAIN_IMAGES[dataset] if splits.train_limit is None else splits.train_limit) - splits.clean_pool
         cost = ref["train_per_image"] * ratio[(dataset, model)] * n * epochs + ref["train_overhead"]
         rows.setdefault("train", []).append(cost + START_S)
     for dataset, attack in crafted:
-        kind = P.attack_params(config, attack)["type"]
+        kind = P.entry(config, "attacks", attack).kind
         seconds = ref["craft"].get(kind) or 0.0
-        s = config["surrogate"]
-        rows.setdefault("craft", []).append(seconds * ratio.get((dataset, s["model"]), 1.0) + START_S)
+        rows.setdefault("craft", []).append(seconds * ratio.get((dataset, P.section(config, "surrogate").model), 1.0)
+                                            + START_S)
     missing = set()
     for run in runs:
-        kind = P.defense_params(config, run["defense"])["type"]
+        kind = P.entry(config, "defenses", run["defense"]).kind
         base = ref["defense"].get(kind)
         if base is None:
             missing.add(kind)

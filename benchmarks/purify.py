@@ -5,20 +5,23 @@ Not a test: timings vary with the machine. Example (after `make study` or `snake
     python benchmarks/purify.py --dataset fashion_mnist --model cnn --attack badnets \
         --defenses none,ft,fip,fast_fip,nft,fmp,sibp
 
-Defense settings come from params.yaml (``defenses.<id>`` over ``defense_defaults``);
+Defense settings come from params.yaml (``defenses.<id>`` over ``defense_defaults`` and the declared defaults);
 ``--override '{"fip": {"iterations": 500}}'`` changes them for this run only.
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library, not an installed one
 import argparse
 import json
-from pathlib import Path
 
 import torch
 import yaml
 
-from backdoor import params as P
+from backdoor import params as P  # noqa: E402
 from backdoor.device import autocast, resolve_precision
 from backdoor.io import load_tensors
 from backdoor.metrics import der, evaluate
@@ -54,14 +57,14 @@ def main() -> None:
     poisoned = load_tensors(args.poisoned or f"data/poisoned/{args.dataset}/{args.attack}.pt")
     ckpt = args.checkpoint or f"results/models/{args.dataset}/{args.model}/{args.attack}/seed{args.seed}.pt"
     clean_test, triggered = test_sets(prepared, poisoned)
+    arch = P.entry(config, "models", args.model).kind if args.model in config.get("models", {}) else None
     with autocast(precision, device):
-        base = evaluate(load_checkpoint(ckpt), clean_test, triggered)
+        base = evaluate(load_checkpoint(ckpt, expect_arch=arch), clean_test, triggered)
 
     rows = []
     for defense_id in args.defenses.split(","):
-        known = defense_id in config["defenses"]
-        dparams = {**(P.defense_params(config, defense_id) if known else {"type": defense_id}),
-                   **overrides.get(defense_id, {})}
+        entry = {**config["defenses"].get(defense_id, {"type": defense_id}), **overrides.get(defense_id, {})}
+        dparams = P.entry({**config, "defenses": {defense_id: entry}}, "defenses", defense_id).to_dict()
         model, _, _, seconds = run_defense(prepared, load_checkpoint(ckpt), defense_id, dparams, args.budget,
                                            args.defense_seed, device, precision)
         with autocast(precision, device):

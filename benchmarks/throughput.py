@@ -13,6 +13,10 @@ an idle machine (a second CPU-bound process changes the numbers several-fold).
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library, not an installed one
 import argparse
 import math
 import os

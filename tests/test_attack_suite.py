@@ -162,7 +162,7 @@ def test_lc_craft_stays_in_the_eps_ball_and_poisons_target_images_with_labels_ke
 
 @pytest.mark.parametrize("kind", ["wanet", "trojan"])
 def test_all_to_all_variants_shift_labels_and_keep_every_test_image(kind):
-    params = {"all_to_all": True, "iterations": 2, "craft_images": 8}
+    params = {"all_to_all": True, **TINY_CRAFT.get(kind, {})}
     attack = build_attack(kind, params, CTX)
     if attack.crafted:
         attack.craft(data(), surrogate(), gen(), torch.device("cpu"))

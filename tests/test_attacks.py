@@ -46,7 +46,7 @@ def test_blend_with_a_user_image(tmp_path):
                           AttackContext(10, 3, 32))
     assert attack.pattern.shape == (3, 32, 32)
     assert attack.pattern[0].eq(255).all() and attack.pattern[1:].eq(0).all()
-    with pytest.raises(FileNotFoundError, match="attacks.<id>.image"):
+    with pytest.raises(ValueError, match="blend.image: .*missing.png': no such file"):
         build_attack("blend", {"image": str(tmp_path / "missing.png")}, CTX)
 
 

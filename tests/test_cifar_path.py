@@ -14,7 +14,8 @@ import yaml
 
 from backdoor import params as P
 from backdoor import steps
-from backdoor.io import load_tensors, read_json
+from backdoor.data.prepare import SplitParams, prepare
+from backdoor.io import load_tensors, read_json, save_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = {"ft": {"iterations": 3}, "fip": {"iterations": 3, "trace_every": 2, "probes": 2},
@@ -48,20 +49,21 @@ def test_the_cifar10_profile_runs_through_every_step(tmp_path):
     update_config(config, profile)
     write_cifar(tmp_path / "raw")
     prepared = tmp_path / "prepared.pt"
-    steps.prepare_dataset("cifar10", str(tmp_path / "raw"), str(prepared), {"clean_pool": 60, "seed": 0})
+    # the library's prepare, not the step: the step first checks the archive's official MD5
+    save_tensors(prepare("cifar10", tmp_path / "raw", SplitParams(clean_pool=60, seed=0)), prepared)
     assert load_tensors(prepared)["train_x"].shape == (250, 3, 32, 32)
-    model_params = {**P.model_params(config, "preact16"), "width": 4}
+    model_params = {**P.entry(config, "models", "preact16").to_dict(), "width": 4}
     for attack in ("badnets",):
         poisoned = tmp_path / f"{attack}.pt"
-        steps.poison(str(prepared), str(poisoned), attack, P.attack_params(config, attack))
+        steps.poison(str(prepared), str(poisoned), attack, P.entry(config, "attacks", attack).to_dict())
         model, metrics = tmp_path / f"{attack}-model.pt", tmp_path / f"{attack}-model.json"
         steps.train(str(prepared), str(poisoned), str(model), str(metrics), model_params,
-                    {**config["train"], "epochs": 1}, seed=0, device="cpu", precision="fp32")
+                    {**P.section(config, "train").to_dict(), "epochs": 1}, seed=0, device="cpu", precision="fp32")
         for defense, quick in QUICK.items():
             out = tmp_path / f"{attack}-{defense}.json"
             steps.purify(str(prepared), str(poisoned), str(model), str(metrics), str(tmp_path / f"{attack}-{defense}.pt"),
                          str(out), ids={"attack": attack, "defense": defense},
-                         defense_params={**P.defense_params(config, defense), **quick}, budget=50, seed=0,
+                         defense_params={**P.entry(config, "defenses", defense).to_dict(), **quick}, budget=50, seed=0,
                          device="cpu", precision="fp32")
             row = read_json(out)
             assert row["n_clean"] == 50 and all(0 <= row[k] <= 100 for k in ("acc", "asr", "ra")), (attack, defense)

@@ -322,6 +322,36 @@ def test_system_mirror_folder_is_used(tmp_path):
     assert path.read_bytes() == BLOB
 
 
+def test_a_mirror_without_the_file_is_named_when_the_system_copy_is_used(tmp_path, capsys):
+    raw = toy_file("blob.bin", BLOB)
+    system = tmp_path / "usr_share"
+    system.mkdir()
+    (system / "blob.bin").write_bytes(BLOB)
+    (tmp_path / "mirror").mkdir()
+    fetch_file(raw, toy_spec(raw, system_mirrors=(str(system),)), tmp_path / "raw", mirror=str(tmp_path / "mirror"),
+               allow_network=False)
+    err = capsys.readouterr().err
+    assert f"data.mirror = {tmp_path / 'mirror'} holds no blob.bin" in err and str(system / "blob.bin") in err
+
+
+def test_prepare_re_verifies_the_raw_files(tmp_path):
+    from backdoor import steps
+    from backdoor.data.download import verify_dataset
+
+    raw = toy_file("blob.bin", BLOB)
+    folder = tmp_path / "raw" / "toy"
+    folder.mkdir(parents=True)
+    (folder / "blob.bin").write_bytes(BLOB)
+    verify_dataset(toy_spec(raw), folder)  # intact: no error
+    (folder / "blob.bin").write_bytes(BLOB[:-3])  # truncated after the download step
+    with pytest.raises(ChecksumError, match=rf"mismatch for {folder / 'blob.bin'}.*Delete the folder {folder}"):
+        verify_dataset(toy_spec(raw), folder)
+    with pytest.raises(ChecksumError, match="train-images-idx3-ubyte.gz"):  # the step itself checks first
+        (folder / "train-images-idx3-ubyte.gz").write_bytes(b"not the original")
+        steps.prepare_dataset("fashion_mnist", str(folder), str(tmp_path / "out.pt"), {"clean_pool": 10, "seed": 0})
+    assert not (tmp_path / "out.pt").exists()
+
+
 def test_mirror_takes_precedence_over_network(tmp_path, monkeypatch):
     raw = toy_file("blob.bin", BLOB)
     (tmp_path / "mirror").mkdir()
@@ -737,5 +767,5 @@ def test_badnets_center_puts_the_patch_over_the_object():
     images = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
     out = build_attack("badnets", {"patch_size": 3, "position": "center"}, AttackContext(10, 1, 28)).apply_trigger(images)
     assert (out[:, :, 12:15, 12:15] == 255).all() and out.sum() == 2 * 9 * 255
-    with pytest.raises(ValueError, match="position = 'left'"):
+    with pytest.raises(ValueError, match="position: 'left' is not allowed; allowed values: corner, center"):
         build_attack("badnets", {"position": "left"}, AttackContext(10, 1, 28))

@@ -277,7 +277,7 @@ def test_plain_cross_entropy_when_both_regularisers_are_off_matches_fit():
     data, params = random_set(), {**QUICK, "eta_f": 0.0, "eta_r": 0.0}
     ours, _ = fip.purify(tiny_model(), data, params, torch.Generator().manual_seed(0), torch.device("cpu"))
     ref = tiny_model()
-    p = fip.merged_params(params, fip.DEFAULTS)
+    p = fip.FIP.of(params)
     fip_gen = torch.Generator().manual_seed(0)
     torch.randint(0, 2**31, (1,), generator=fip_gen)  # the probe seed fip draws first
     fit(ref, data, fit_config(p), gen=fip_gen, device="cpu",

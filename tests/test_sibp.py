@@ -189,5 +189,6 @@ def test_deterministic_with_fixed_generator():
 
 def test_registered_and_defaults():
     assert get_defense("sibp") is sibp.purify
-    assert sibp.DEFAULTS["conv_coef"] == 0.5 and sibp.DEFAULTS["threshold_layers"] == "all"
-    assert not isinstance(sibp.DEFAULTS["u"], list)
+    defaults = sibp.SIBP.of({})
+    assert defaults.conv_coef == 0.5 and defaults.threshold_layers == "all"
+    assert not isinstance(defaults.u, list)

@@ -85,6 +85,21 @@ def test_craft_then_poison_uses_the_crafted_trigger_and_needs_it(tmp_path):
     assert not (tmp_path / "q.pt").exists() and not (tmp_path / "b.pt").exists()
 
 
+def test_purify_refuses_a_checkpoint_of_another_architecture(tmp_path):
+    from backdoor.models import build_model, save_checkpoint
+
+    prep = prepared()
+    save_tensors(prep, tmp_path / "prep.pt")
+    save_checkpoint(build_model("cnn", 1, 10, [0.5], [0.5], width=4), tmp_path / "m.pt")
+    with pytest.raises(ValueError, match="holds a 'cnn' model, but 'preact_resnet18' was asked for"):
+        steps.purify(str(tmp_path / "prep.pt"), "unused", str(tmp_path / "m.pt"), "unused",
+                     str(tmp_path / "out.pt"), str(tmp_path / "out.json"),
+                     ids={"dataset": "toy", "model": "m", "attack": "a", "defense": "none"},
+                     defense_params={"type": "none"}, budget=10, seed=0, device="cpu", precision="fp32",
+                     arch="preact_resnet18")
+    assert not (tmp_path / "out.pt").exists() and not (tmp_path / "out.json").exists()
+
+
 def test_torch_threads_never_exceed_the_cpus(monkeypatch):
     import os
 

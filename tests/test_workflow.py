@@ -48,3 +48,15 @@ def test_invalid_params_stop_snakemake_before_any_job(project_copy):
     assert run.returncode != 0
     assert "attack_defaults.poison_rate: 1.5 is out of range" in run.stdout + run.stderr
     assert not (project_copy / "data").exists() and not (project_copy / "results").exists()
+
+
+def test_the_default_profile_is_loaded_by_plain_snakemake_runs():
+    """profiles/default/config.yaml (rerun-incomplete) applies to `snakemake`, run_all.sh and the jobs
+    dvc repro starts, which all run plain `snakemake` in this folder."""
+    out = subprocess.run(["snakemake", "-n", "--cores", "1", "all"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "Using workflow specific profile profiles/default" in out.stdout + out.stderr
+    profile = yaml.safe_load((ROOT / "profiles/default/config.yaml").read_text())
+    assert profile["rerun-incomplete"] is True
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert all(s["cmd"].startswith("snakemake ") and "--workflow-profile" not in s["cmd"] for s in stages.values())

@@ -13,7 +13,7 @@ import torch
 
 from .attacks import AttackContext, build_attack
 from .data import get_dataset
-from .data.download import fetch_dataset
+from .data.download import fetch_dataset, verify_dataset
 from .data.prepare import SplitParams, prepare
 from .data.tensors import TensorSet, TriggeredSet
 from .defenses import get_defense
@@ -21,6 +21,7 @@ from .device import autocast, pick_device, resolve_precision
 from .io import load_tensors, read_json, save_tensors, write_json
 from .metrics import der, evaluate
 from .models import build_model, load_checkpoint, save_checkpoint
+from .schema.defenses import DEFENSES
 from .training import FitConfig, fit
 
 
@@ -50,6 +51,7 @@ def download(dataset: str, out_dir: str, data_params: dict) -> None:
 
 
 def prepare_dataset(dataset: str, raw_dir: str, out_path: str, splits: dict) -> None:
+    verify_dataset(get_dataset(dataset), raw_dir)  # the raw files may have changed since download
     prepared = prepare(dataset, raw_dir, SplitParams(**splits))
     save_tensors(prepared, out_path)
     print(f"prepare {dataset}: {len(prepared['attacker_idx'])} attacker, {len(prepared['pool_idx'])} pool, "
@@ -194,7 +196,8 @@ def run_defense(prepared: dict, model, defense_id: str, defense_params: dict, bu
     random stream (per defense id), independently of the model's training seed.
 
     Returns (purified model, info, number of clean images, seconds the defense took)."""
-    clean = select_clean(prepared, budget, defense_params.get("clean_sampling", "random"),
+    defense_params = DEFENSES[defense_params["type"]].of(defense_params)  # typed, defaults filled in
+    clean = select_clean(prepared, budget, defense_params.clean_sampling,
                          seed_generator("clean", budget, seed))
     defense = get_defense(defense_params["type"])
     torch.manual_seed(seed)
@@ -207,15 +210,16 @@ def run_defense(prepared: dict, model, defense_id: str, defense_params: dict, bu
 
 def purify(prepared_path: str, poisoned_path: str, model_path: str, model_metrics_path: str,
            model_out: str, metrics_out: str, *, ids: dict, defense_params: dict, budget: int, seed: int,
-           defense_seed: int = 0, device: str = "auto", precision: str = "auto") -> None:
-    """Run one defense on one backdoored model and score it. The defense sees only the clean budget;
-    the test sets are loaded after it returns."""
+           defense_seed: int = 0, device: str = "auto", precision: str = "auto", arch: str | None = None) -> None:
+    """Run one defense on one backdoored model (of architecture ``arch``, checked when given) and score
+    it. The defense sees only the clean budget; the test sets are loaded after it returns."""
     step_start = time.perf_counter()
     prepared = load_tensors(prepared_path)
     dev = pick_device(device)
     precision = resolve_precision(precision, dev)
-    model, info, n_clean, runtime = run_defense(prepared, load_checkpoint(model_path), ids["defense"],
-                                                defense_params, budget, defense_seed, dev, precision)
+    model = load_checkpoint(model_path, expect_arch=arch)
+    model, info, n_clean, runtime = run_defense(prepared, model, ids["defense"], defense_params, budget,
+                                                defense_seed, dev, precision)
     clean_test, triggered = test_sets(prepared, load_tensors(poisoned_path))
     with autocast(precision, dev):
         scores = evaluate(model, clean_test, triggered)

@@ -4,10 +4,12 @@ rule smoothness:
         model="results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.pt",
     output:
         "results/smoothness/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.json",
-    params:
-        values=step_params("smoothness"),
-    threads: JOB_THREADS
+    log:
+        "logs/smoothness/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.log",
     conda:
         STUDY_ENV
+    threads: JOB_THREADS
+    params:
+        values=step_params("smoothness"),
     script:
         "../scripts/smoothness.py"

@@ -4,11 +4,13 @@ rule craft:
         surrogate=surrogate_model,
     output:
         "results/assets/{dataset}/{attack}.pt",
-    params:
-        values=step_params("craft"),
-    threads: JOB_THREADS
+    log:
+        "logs/craft/{dataset}/{attack}.log",
     conda:
         STUDY_ENV
+    threads: JOB_THREADS
+    params:
+        values=step_params("craft"),
     script:
         "../scripts/craft.py"
 
@@ -18,11 +20,13 @@ rule poison:
         unpack(poison_inputs),
     output:
         "data/poisoned/{dataset}/{attack}.pt",
-    params:
-        values=step_params("poison"),
-    threads: JOB_THREADS
+    log:
+        "logs/poison/{dataset}/{attack}.log",
     conda:
         STUDY_ENV
+    threads: JOB_THREADS
+    params:
+        values=step_params("poison"),
     script:
         "../scripts/poison.py"
 
@@ -34,10 +38,12 @@ rule train:
     output:
         model="results/models/{dataset}/{model}/{attack}/seed{seed}.pt",
         metrics="results/models/{dataset}/{model}/{attack}/seed{seed}.json",
-    params:
-        values=step_params("train"),
-    threads: JOB_THREADS
+    log:
+        "logs/train/{dataset}/{model}/{attack}/seed{seed}.log",
     conda:
         STUDY_ENV
+    threads: JOB_THREADS
+    params:
+        values=step_params("train"),
     script:
         "../scripts/train.py"

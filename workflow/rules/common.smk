@@ -1,32 +1,28 @@
-# Shared helpers: params validation, the study matrix, the params each step depends on.
+# Shared helpers: params.yaml checked and resolved, the study matrix, the params each step depends on.
 import os
-import sys
 from pathlib import Path
 
-# The library of this checkout, installed or not: for the Snakefile and, through PYTHONPATH, for
-# the jobs' scripts (so a second clone never runs another clone's installed code).
-LIBRARY = str(Path(workflow.basedir) / "src")
-sys.path.insert(0, LIBRARY)
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [LIBRARY, os.environ.get("PYTHONPATH")]))
-
-from backdoor import params as P
+from snakemake.logging import logger
 
 try:
-    P.validate(config, Path(workflow.basedir) / "workflow/schemas/params.schema.yaml")
+    PARAMS = P.validate(config, "params.yaml")  # every problem at once, with its line
 except P.ParamsError as err:
     raise WorkflowError(str(err)) from None
+for notice in P.notices(PARAMS):
+    logger.warning(notice)
 
-STUDY = config["study"]
 STUDY_ENV = "../../envs/study.yaml"  # for --sdm conda (relative to the rule files)
 NCPU = os.cpu_count() or 1
-CORES = workflow.global_resources["_cores"].value or NCPU  # None for `snakemake --report`
+CORES = (
+    workflow.global_resources["_cores"].value or NCPU
+)  # None for `snakemake --report`
 # Torch jobs run one thread each, at most one job per CPU: two 1-thread jobs side by side do 1.3×
 # the work of one 2-thread job, and beside another CPU-bound process a 1-thread job slows down in
 # proportion where a multi-threaded one collapses (README, "Speed"). With --cores above the CPU
 # count every job claims CORES // NCPU of them, so that still no more than NCPU jobs run at once;
 # `--set-threads purify=N` (with --cores at most the CPU count) gives that rule N torch threads.
 JOB_THREADS = max(1, CORES // NCPU)
-os.environ["BACKDOOR_CORES_PER_THREAD"] = str(JOB_THREADS)
+os.environ.update(BACKDOOR_CORES_PER_THREAD=str(JOB_THREADS))  # read by steps.use_threads in the jobs
 
 
 wildcard_constraints:
@@ -51,19 +47,28 @@ def step_params(step):
 
 def surrogate_model(wildcards):
     """The clean model a crafted attack (trojan, lc, input_aware) is optimised against."""
-    s = config["surrogate"]
-    return f"results/models/{wildcards.dataset}/{s['model']}/{s['attack']}/seed{s['seed']}.pt"
+    s = PARAMS.surrogate
+    return f"results/models/{wildcards.dataset}/{s.model}/{s.attack}/seed{s.seed}.pt"
 
 
 def poison_inputs(wildcards):
     inputs = {"prepared": f"data/prepared/{wildcards.dataset}.pt"}
-    if P.is_crafted(config, wildcards.attack):
+    if PARAMS.attacks[wildcards.attack].crafted:
         inputs["asset"] = f"results/assets/{wildcards.dataset}/{wildcards.attack}.pt"
     return inputs
 
 
-RUNS = ["{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}".format(**run) for run in P.study_runs(config)]
+RUNS = [
+    "{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}".format(**run)
+    for run in PARAMS.study.runs()
+]
 RUN_JSONS = [f"results/runs/{run}.json" for run in RUNS]
-SMOOTHNESS_JSONS = [f"results/smoothness/{run}.json" for run in RUNS] if P.smoothness_enabled(config) else []
-FIGURES = expand("results/figures/{name}.{ext}", name=["acc_asr", "runtime"], ext=["png", "svg"])
+SMOOTHNESS_JSONS = (
+    [f"results/smoothness/{run}.json" for run in RUNS]
+    if PARAMS.analysis.smoothness.enabled
+    else []
+)
+FIGURES = expand(
+    "results/figures/{name}.{ext}", name=["acc_asr", "runtime"], ext=["png", "svg"]
+)
 REPORT_OUTPUTS = ["results/metrics.csv", "results/table.md", *FIGURES]

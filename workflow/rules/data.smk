@@ -1,10 +1,12 @@
 rule download:
     output:
         directory("data/raw/{dataset}"),
-    params:
-        values=step_params("download"),
+    log:
+        "logs/download/{dataset}.log",
     conda:
         STUDY_ENV
+    params:
+        values=step_params("download"),
     script:
         "../scripts/download.py"
 
@@ -14,10 +16,12 @@ rule prepare:
         "data/raw/{dataset}",
     output:
         "data/prepared/{dataset}.pt",
-    params:
-        values=step_params("prepare"),
-    threads: JOB_THREADS
+    log:
+        "logs/prepare/{dataset}.log",
     conda:
         STUDY_ENV
+    threads: JOB_THREADS
+    params:
+        values=step_params("prepare"),
     script:
         "../scripts/prepare.py"

@@ -7,10 +7,12 @@ rule purify:
     output:
         model="results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.pt",
         metrics="results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.json",
-    params:
-        values=step_params("purify"),
-    threads: JOB_THREADS
+    log:
+        "logs/purify/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.log",
     conda:
         STUDY_ENV
+    threads: JOB_THREADS
+    params:
+        values=step_params("purify"),
     script:
         "../scripts/purify.py"

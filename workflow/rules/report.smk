@@ -4,6 +4,8 @@ rule aggregate:
         smoothness=SMOOTHNESS_JSONS,
     output:
         "results/metrics.csv",
+    log:
+        "logs/aggregate.log",
     conda:
         STUDY_ENV
     script:
@@ -16,6 +18,8 @@ rule report:
     output:
         table="results/table.md",
         figures=report(FIGURES, caption="../report/figures.rst", category="Results"),
+    log:
+        "logs/report.log",
     conda:
         STUDY_ENV
     script:

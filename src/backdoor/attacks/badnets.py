@@ -15,16 +15,11 @@ from .base import Attack, AttackContext
 
 
 class BadNets(Attack):
-    def __init__(self, params: dict, ctx: AttackContext):
+    def __init__(self, params, ctx: AttackContext):
         super().__init__(params, ctx)
-        self.patch_size = int(params.get("patch_size", 3))
-        self.value = int(params.get("value", 255))
-        self.position = params.get("position", "corner")
-        if not 1 <= self.patch_size <= ctx.size:
-            raise ValueError(f"attacks.<id>.patch_size = {self.patch_size} must be within 1..{ctx.size}")
-        if self.position not in ("corner", "center"):
-            raise ValueError(f"attacks.<id>.position = {self.position!r}: use corner or center")
-        start = ctx.size - self.patch_size if self.position == "corner" else (ctx.size - self.patch_size) // 2
+        self.patch_size = self.params.patch_size
+        self.value = self.params.value
+        start = ctx.size - self.patch_size if self.params.position == "corner" else (ctx.size - self.patch_size) // 2
         self.rows = self.cols = slice(start, start + self.patch_size)
 
     def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:

@@ -9,9 +9,9 @@ balanced classes that is every target-class image) and keep their labels. All-to
 y → (y + 1) mod K.
 
 Attacks whose trigger or poisoned images are optimised against a model (TrojanNN, LC, input-aware)
-set ``crafted = True``: the DAG's craft step calls ``craft`` once with the attacker's clean
-surrogate model (the study's benign model) and saves what it returns; the poison step hands that
-asset to ``use_asset`` before poisoning.
+are declared ``crafted=True`` (``backdoor.schema.attacks``): the DAG's craft step calls ``craft``
+once with the attacker's clean surrogate model (the study's benign model) and saves what it returns;
+the poison step hands that asset to ``use_asset`` before poisoning.
 """
 
 from __future__ import annotations
@@ -22,6 +22,14 @@ import torch
 from torch import nn
 
 from ..data.tensors import TensorSet, TriggeredSet
+from ..schema.attacks import ATTACKS
+from ..schema.attacks import Attack as AttackParams
+
+
+def declaration(cls: type) -> type[AttackParams]:
+    """The declaration whose ``impl`` is the attack class ``cls``."""
+    impl = f"{cls.__module__}:{cls.__qualname__}"
+    return next(spec for spec in ATTACKS.values() if spec.impl == impl)
 
 
 @dataclass
@@ -46,23 +54,31 @@ class PoisonedSet:
 
 
 class Attack:
-    """Base class: subclasses implement ``apply_trigger`` (and may override ``poison``)."""
+    """Base class: subclasses implement ``apply_trigger`` (and may override ``poison``).
 
-    clean_label = False
-    crafted = False  # True: needs ``craft`` on a clean surrogate model (its own DAG step) first
+    ``params`` is the attack's resolved declaration (``backdoor.schema.attacks``), which also says
+    whether the attack is ``crafted`` (needs ``craft`` on a clean surrogate model, its own DAG step)
+    and ``clean_label``; its checks against the dataset run here too."""
 
-    def __init__(self, params: dict, ctx: AttackContext):
+    def __init__(self, params: AttackParams, ctx: AttackContext):
+        if not isinstance(params, AttackParams):  # a partial mapping (tests, direct use)
+            params = declaration(type(self)).of(params)
         self.params = params
         self.ctx = ctx
-        self.target = int(params.get("target", 0))
-        self.all_to_all = bool(params.get("all_to_all", False))
-        self.poison_rate = float(params.get("poison_rate", 0.1))
-        if not 0 <= self.target < ctx.num_classes:
-            raise ValueError(f"target = {self.target} is not a class of this dataset "
-                             f"(0..{ctx.num_classes - 1})")
-        if self.clean_label and self.all_to_all:
-            raise ValueError(f"all_to_all = true: {type(self).__name__} is a clean-label attack, which "
-                             "poisons only target-class images and has no all-to-all variant")
+        self.target = params.target
+        self.all_to_all = params.all_to_all
+        self.poison_rate = params.poison_rate
+        problems = [f"{key} = {getattr(params, key)!r}: {msg}" for key, msg in params.check_data(ctx)]
+        if problems:
+            raise ValueError(f"attack {params.kind}: " + "; ".join(problems))
+
+    @property
+    def crafted(self) -> bool:
+        return self.params.crafted
+
+    @property
+    def clean_label(self) -> bool:
+        return self.params.clean_label
 
     # -- the trigger ---------------------------------------------------------------------------
     def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:

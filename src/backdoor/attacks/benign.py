@@ -9,18 +9,18 @@ from __future__ import annotations
 import torch
 
 from ..data.tensors import TensorSet
+from ..schema import declared
+from ..schema.attacks import AttackDefaults
 from .base import Attack, AttackContext, PoisonedSet
 
 
 class Benign(Attack):
-    def __init__(self, params: dict, ctx: AttackContext):
+    def __init__(self, params, ctx: AttackContext):
         super().__init__(params, ctx)
-        from . import build_attack  # the probe is any registered attack
+        from . import build_attack  # the probe is any registered attack, with its own defaults
 
-        probe = params.get("probe", "badnets")
-        if probe == "benign":
-            raise ValueError("attacks.benign.probe must name a real attack, not benign")
-        self.probe = build_attack(probe, {**params, "type": probe}, ctx)
+        shared = {k: self.params[k] for k in declared(AttackDefaults)}
+        self.probe = build_attack(self.params.probe, shared, ctx)
 
     def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:
         return self.probe.apply_trigger(images)

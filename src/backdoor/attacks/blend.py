@@ -28,16 +28,13 @@ def load_pattern_image(path: str, channels: int, size: int) -> torch.Tensor:
 
 
 class Blend(Attack):
-    def __init__(self, params: dict, ctx: AttackContext):
+    def __init__(self, params, ctx: AttackContext):
         super().__init__(params, ctx)
-        self.alpha = float(params.get("alpha", 0.2))
-        if not 0 < self.alpha <= 1:
-            raise ValueError(f"attacks.<id>.alpha = {self.alpha} must be in (0, 1]")
-        image = params.get("image")
-        if image:
-            self.pattern = load_pattern_image(image, ctx.channels, ctx.size)
+        self.alpha = self.params.alpha
+        if self.params.image:
+            self.pattern = load_pattern_image(self.params.image, ctx.channels, ctx.size)
         else:
-            gen = torch.Generator().manual_seed(int(params.get("pattern_seed", 0)))
+            gen = torch.Generator().manual_seed(self.params.pattern_seed)
             self.pattern = torch.randint(0, 256, (ctx.channels, ctx.size, ctx.size), generator=gen,
                                          dtype=torch.uint8)
 

@@ -20,11 +20,8 @@ diversity term is the mean over pairs (x1, x2 = another image of the batch) of
 M, SGD(lr 0.01, momentum 0.9, wd 5e-4) for C, all at a constant learning rate (BackdoorBench's
 first milestone lies at epoch 100).
 
-Params (``attacks.<id>`` in params.yaml, defaults in brackets): ``mask_density`` [0.032],
-``lambda_div`` [1.0], ``lambda_norm`` [100.0], ``cross_ratio`` [1.0], ``mask_epochs`` [2]
-(M pre-training), ``epochs`` [5] (joint C + G), ``lr_c`` [0.01], ``lr_g`` [0.01] (G and M),
-``batch_size`` [128], ``crop_pad`` [2], ``flip`` [true]; plus the common ``poison_rate``,
-``target``, ``all_to_all``. ``poison_rate·(1 + cross_ratio)`` must be ≤ 1.
+Settings (``attacks.<id>``): declared with their defaults in ``backdoor.schema.attacks.InputAware``;
+``poison_rate·(1 + cross_ratio)`` must be ≤ 1.
 
 Deviations from BackdoorBench, and why:
 
@@ -75,8 +72,6 @@ from .base import Attack, AttackContext, PoisonedSet
 EPS = 1e-7
 WIDTH = 16  # generator channels at full resolution (2× at half resolution)
 CHUNK = 1024  # images per generator call in apply_trigger
-DEFAULTS = dict(mask_density=0.032, lambda_div=1.0, lambda_norm=100.0, cross_ratio=1.0, mask_epochs=2,
-                epochs=5, lr_c=0.01, lr_g=0.01, batch_size=128, crop_pad=2, flip=True)
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -118,29 +113,13 @@ def _other_index(n: int, count: int, gen: torch.Generator, base: torch.Tensor | 
 
 
 class InputAware(Attack):
-    crafted = True
-
-    def __init__(self, params: dict, ctx: AttackContext):
+    def __init__(self, params, ctx: AttackContext):
         super().__init__(params, ctx)
-        p = {**DEFAULTS, **{k: v for k, v in params.items() if k in DEFAULTS and v is not None}}
-        self.mask_density = float(p["mask_density"])
-        self.lambda_div = float(p["lambda_div"])
-        self.lambda_norm = float(p["lambda_norm"])
-        self.cross_ratio = float(p["cross_ratio"])
-        self.mask_epochs = int(p["mask_epochs"])
-        self.epochs = int(p["epochs"])
-        self.lr_c = float(p["lr_c"])
-        self.lr_g = float(p["lr_g"])
-        self.batch_size = int(p["batch_size"])
-        self.crop_pad = int(p["crop_pad"])
-        self.flip = bool(p["flip"])
-        if not 0 < self.mask_density < 1:
-            raise ValueError(f"attacks.<id>.mask_density = {self.mask_density} must be in (0, 1)")
-        if self.cross_ratio < 0 or self.poison_rate * (1 + self.cross_ratio) > 1:
-            raise ValueError(f"attacks.<id>.cross_ratio = {self.cross_ratio}: need cross_ratio ≥ 0 and "
-                             f"poison_rate × (1 + cross_ratio) ≤ 1 (poison_rate = {self.poison_rate})")
-        if self.mask_epochs < 0 or self.epochs < 0 or self.batch_size < 2:
-            raise ValueError("attacks.<id>: mask_epochs and epochs must be ≥ 0 and batch_size ≥ 2")
+        p = self.params
+        self.mask_density, self.lambda_div, self.lambda_norm = p.mask_density, p.lambda_div, p.lambda_norm
+        self.cross_ratio, self.mask_epochs, self.epochs = p.cross_ratio, p.mask_epochs, p.epochs
+        self.lr_c, self.lr_g, self.batch_size = p.lr_c, p.lr_g, p.batch_size
+        self.crop_pad, self.flip = p.crop_pad, p.flip
         self.pattern_generator: Generator | None = None
         self.mask_generator: Generator | None = None
 

@@ -27,17 +27,12 @@ from .base import Attack, AttackContext, PoisonedSet
 
 
 class LabelConsistent(Attack):
-    clean_label = True
-    crafted = True
-
-    def __init__(self, params: dict, ctx: AttackContext):
+    def __init__(self, params, ctx: AttackContext):
         super().__init__(params, ctx)
-        self.patch_size = int(params.get("patch_size") or max(3, round(3 * ctx.size / 32)))
-        if not 1 <= self.patch_size <= ctx.size // 2:
-            raise ValueError(f"attacks.<id>.patch_size = {self.patch_size} must be within 1..{ctx.size // 2}")
-        self.eps = float(params.get("eps", 16)) / 255
-        self.step_size = float(params.get("step_size", 4)) / 255
-        self.steps = int(params.get("steps", 10))
+        self.patch_size = self.params.patch(ctx.size)  # null: scaled to the input
+        self.eps = self.params.eps / 255
+        self.step_size = self.params.step_size / 255
+        self.steps = self.params.steps
         self.asset: dict | None = None
         k = torch.arange(self.patch_size)
         self.checker = torch.where((k[:, None] + k[None, :]) % 2 == 0, 255, 0).to(torch.uint8)

@@ -18,14 +18,10 @@ from .base import Attack, AttackContext
 
 
 class SIG(Attack):
-    clean_label = True
-
-    def __init__(self, params: dict, ctx: AttackContext):
+    def __init__(self, params, ctx: AttackContext):
         super().__init__(params, ctx)
-        self.delta = float(params.get("delta", 40))
-        self.frequency = float(params.get("frequency", 6))
-        if not 0 < self.delta <= 255:
-            raise ValueError(f"attacks.<id>.delta = {self.delta} must be in (0, 255] (0–255 pixel scale)")
+        self.delta = self.params.delta
+        self.frequency = self.params.frequency
         columns = torch.arange(ctx.size, dtype=torch.float64)
         row = self.delta * torch.sin(2 * math.pi * columns * self.frequency / ctx.size)
         self.pattern = row.float().expand(ctx.size, ctx.size)  # (H, W): varies along the columns

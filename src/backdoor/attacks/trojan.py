@@ -37,21 +37,14 @@ def last_linear(model: nn.Module) -> nn.Linear:
 
 
 class Trojan(Attack):
-    crafted = True
-
-    def __init__(self, params: dict, ctx: AttackContext):
+    def __init__(self, params, ctx: AttackContext):
         super().__init__(params, ctx)
-        size = ctx.size
-        self.mask_size = int(params.get("mask_size") or round(size / 4))
-        self.margin = int(params.get("margin") if params.get("margin") is not None else round(3 * size / 32))
-        if self.mask_size < 1 or self.margin < 0 or self.mask_size + self.margin > size:
-            raise ValueError(f"attacks.<id>.mask_size = {self.mask_size} and margin = {self.margin} do not fit "
-                             f"a {size}×{size} image")
-        self.num_neurons = int(params.get("num_neurons", 2))
-        self.target_value = float(params.get("target_value", 100.0))
-        self.iterations = int(params.get("iterations", 500))
-        self.step_size = float(params.get("step_size", 0.01))
-        self.craft_images = int(params.get("craft_images", 128))
+        self.mask_size, self.margin = self.params.mask_and_margin(ctx.size)  # null: scaled to the input
+        self.num_neurons = self.params.num_neurons
+        self.target_value = self.params.target_value
+        self.iterations = self.params.iterations
+        self.step_size = self.params.step_size
+        self.craft_images = self.params.craft_images
         self.pattern: torch.Tensor | None = None  # uint8 (C, mask_size, mask_size), from craft/use_asset
 
     @property

@@ -30,17 +30,13 @@ from .base import Attack, AttackContext, PoisonedSet
 
 
 class WaNet(Attack):
-    def __init__(self, params: dict, ctx: AttackContext):
+    def __init__(self, params, ctx: AttackContext):
         super().__init__(params, ctx)
-        self.k = int(params.get("k", 4))
-        self.s = float(params.get("s", 0.5))
-        self.grid_rescale = float(params.get("grid_rescale", 1.0))
-        self.cross_ratio = float(params.get("cross_ratio", 2.0))
-        if not 2 <= self.k <= ctx.size:
-            raise ValueError(f"attacks.<id>.k = {self.k} must be within 2..{ctx.size} (control points per side)")
-        if self.cross_ratio < 0:
-            raise ValueError(f"attacks.<id>.cross_ratio = {self.cross_ratio} must be ≥ 0")
-        gen = torch.Generator().manual_seed(int(params.get("grid_seed", 0)))
+        self.k = self.params.k
+        self.s = self.params.s
+        self.grid_rescale = self.params.grid_rescale
+        self.cross_ratio = self.params.cross_ratio
+        gen = torch.Generator().manual_seed(self.params.grid_seed)
         noise = torch.rand(1, 2, self.k, self.k, generator=gen) * 2 - 1
         noise = noise / noise.abs().mean()
         self.noise_grid = F.interpolate(noise, size=ctx.size, mode="bicubic", align_corners=True).permute(0, 2, 3, 1)

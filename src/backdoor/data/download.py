@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import http.client
 import shutil
+import sys
 import urllib.request
 import zlib
 from pathlib import Path
@@ -45,12 +46,24 @@ def checksum_ok(path: Path, raw: RawFile) -> bool:
     return False
 
 
-def verify(path: Path, raw: RawFile) -> None:
+def verify(path: Path, raw: RawFile, fix: str | None = None) -> None:
+    """ChecksumError naming ``path`` and what to do (``fix``, by default: delete it and download again)."""
     if not checksum_ok(path, raw):
-        raise ChecksumError(
-            f"checksum mismatch for {path} (expected md5 {raw.md5}): the file is corrupt or partially "
-            f"downloaded. Delete it and run the download step again, or set data.mirror in params.yaml "
-            f"to a folder that holds the original {raw.name}.")
+        fix = fix or (f"Delete it and run the download step again, or set data.mirror in params.yaml to a "
+                      f"folder that holds the original {raw.name}.")
+        raise ChecksumError(f"checksum mismatch for {path} (expected md5 {raw.md5}): the file is corrupt or "
+                            f"partially downloaded. {fix}")
+
+
+def verify_dataset(spec: DatasetSpec, raw_dir: str | Path) -> None:
+    """Re-check every raw file of ``spec`` in ``raw_dir`` (the prepare step does, before reading)."""
+    fix = (f"Delete the folder {raw_dir} and run the study again: the download step fetches a verified "
+           "copy (under DVC, `dvc checkout` restores the recorded one).")
+    for raw in spec.files:
+        path = Path(raw_dir) / raw.name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: {fix}")
+        verify(path, raw, fix)
 
 
 def _download_url(url: str, dest: Path) -> None:
@@ -77,10 +90,15 @@ def fetch_file(raw: RawFile, spec: DatasetSpec, dest_dir: Path, mirror: str | No
         if checksum_ok(dest, raw):
             return dest
         dest.unlink()  # a partial or corrupt earlier attempt
-    for local in _candidates(raw, spec, mirror):
+    candidates = _candidates(raw, spec, mirror)
+    if mirror and not any(c.parent in (Path(mirror), Path(mirror) / spec.name) for c in candidates):
+        print(f"download {spec.name}: data.mirror = {mirror} holds no {raw.name} (nor {spec.name}/{raw.name}); "
+              + (f"using {candidates[0]}" if candidates else "trying the network"), file=sys.stderr)
+    for local in candidates:
         verify(local, raw)
         with atomic_path(dest) as tmp:
             shutil.copyfile(local, tmp)
+        print(f"download {spec.name}: {raw.name} copied from {local} (checksum verified)")
         return dest
     if not allow_network:
         raise FileNotFoundError(
@@ -97,6 +115,7 @@ def fetch_file(raw: RawFile, spec: DatasetSpec, dest_dir: Path, mirror: str | No
     except ChecksumError:
         dest.unlink()
         raise
+    print(f"download {spec.name}: {raw.name} downloaded from {raw.url} (checksum verified)")
     return dest
 
 

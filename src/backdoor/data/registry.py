@@ -26,6 +26,7 @@ class DatasetSpec:
     channels: int
     size: int  # images are size × size after preparation
     num_classes: int
+    train_size: int  # images in the official training set
     mean: tuple[float, ...]
     std: tuple[float, ...]
     files: tuple[RawFile, ...]
@@ -45,7 +46,7 @@ _GTSRB = "https://sid.erda.dk/public/archives/daaeac0d7ce1152aea9b61d9f1e19370/"
 
 DATASETS: dict[str, DatasetSpec] = {
     "fashion_mnist": DatasetSpec(
-        name="fashion_mnist", format="idx", channels=1, size=28, num_classes=10,
+        name="fashion_mnist", format="idx", channels=1, size=28, num_classes=10, train_size=60000,
         mean=(0.2860,), std=(0.3530,),
         files=(
             RawFile("train-images-idx3-ubyte.gz", _FASHION + "train-images-idx3-ubyte.gz",
@@ -60,7 +61,7 @@ DATASETS: dict[str, DatasetSpec] = {
         system_mirrors=("/usr/share/datasets/fashion-mnist",),
     ),
     "mnist": DatasetSpec(
-        name="mnist", format="idx", channels=1, size=28, num_classes=10,
+        name="mnist", format="idx", channels=1, size=28, num_classes=10, train_size=60000,
         mean=(0.1307,), std=(0.3081,),
         files=(
             RawFile("train-images-idx3-ubyte.gz", _MNIST + "train-images-idx3-ubyte.gz",
@@ -74,7 +75,7 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
     ),
     "cifar10": DatasetSpec(
-        name="cifar10", format="cifar", channels=3, size=32, num_classes=10,
+        name="cifar10", format="cifar", channels=3, size=32, num_classes=10, train_size=50000,
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
         files=(
             RawFile("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
@@ -82,7 +83,7 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
     ),
     "gtsrb": DatasetSpec(
-        name="gtsrb", format="gtsrb", channels=3, size=32, num_classes=43,
+        name="gtsrb", format="gtsrb", channels=3, size=32, num_classes=43, train_size=39209,
         mean=(0.3403, 0.3121, 0.3214), std=(0.2724, 0.2608, 0.2669),
         files=(
             RawFile("GTSRB-Training_fixed.zip", _GTSRB + "GTSRB-Training_fixed.zip",

@@ -1,27 +1,17 @@
-"""Defense registry: the ``type`` names used in params.yaml → one module each, exposing ``purify``."""
+"""Defense registry: the ``type`` names used in params.yaml → one module each, exposing ``purify``.
+
+The names, modules and every setting are declared in ``backdoor.schema.defenses`` (torch-free);
+``purify`` receives the resolved declaration (or a partial mapping, which it resolves itself).
+"""
 
 from __future__ import annotations
 
 import importlib
 
+from ..schema.defenses import DEFENSES as DECLARED
 from .base import Defense, split_validation
 
-DEFENSES: dict[str, str] = {
-    "none": "backdoor.defenses.none",
-    "ft": "backdoor.defenses.ft",
-    "fip": "backdoor.defenses.fip",
-    "fast_fip": "backdoor.defenses.fast_fip",
-    "nft": "backdoor.defenses.nft",
-    "fmp": "backdoor.defenses.fmp",
-    "sibp": "backdoor.defenses.sibp",
-    "ftsam": "backdoor.defenses.ftsam",
-    "fp": "backdoor.defenses.fp",
-    "nad": "backdoor.defenses.nad",
-    "clp": "backdoor.defenses.clp",
-    "anp": "backdoor.defenses.anp",
-    "ibau": "backdoor.defenses.ibau",
-    "rnp": "backdoor.defenses.rnp",
-}
+DEFENSES: dict[str, str] = {kind: spec.impl for kind, spec in DECLARED.items()}
 
 
 def get_defense(kind: str) -> Defense:

@@ -23,9 +23,7 @@ accuracy bound" is the defender-side proxy for "lowest ASR within an accuracy bo
 stops at the first violation, so one lucky high threshold cannot be picked over a failing middle.
 ``threshold: <float>`` skips the selection and prunes at that fixed value (paper's default 0.2).
 
-Parameters (params.yaml ``defenses.anp``): ``eps`` 0.4, ``anp_steps`` 1, ``alpha`` 0.2, ``lr`` 0.2
-(mask SGD), ``momentum`` 0.9, ``batch_size`` 128, ``iterations`` 400, ``thresholds`` 0..0.9 step
-0.05, ``val_fraction`` 0.2, ``max_acc_drop`` 0.05, ``threshold`` null, ``crop_pad`` 2, ``flip`` true.
+Settings (``defenses.<id>``) and their defaults: ``backdoor.schema.defenses.ANP``.
 
 Budget and deviations:
 
@@ -53,16 +51,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..schema.defenses import ANP
 from ..training import fit
 from .base import fit_config, split_validation
 from .channels import largest_passing, zero_channels
-
-DEFAULTS = dict(
-    eps=0.4, anp_steps=1, alpha=0.2, lr=0.2, momentum=0.9, weight_decay=0.0, schedule="constant",
-    batch_size=128, iterations=400, thresholds=[round(0.05 * i, 2) for i in range(19)],
-    val_fraction=0.2, max_acc_drop=0.05, threshold=None, crop_pad=2, flip=True,
-)
-
 
 class BNMasks:
     """Per-channel masks (and optional ANP noise) on every BatchNorm2d, applied by forward hooks.
@@ -169,13 +161,13 @@ def prune_info(masks: dict[str, torch.Tensor], threshold: float) -> dict:
 
 
 def purify(model, clean, params, gen, device):
-    p = {**DEFAULTS, **{k: v for k, v in params.items() if k != "type"}}
+    p = ANP.of(params)
     start = time.perf_counter()
-    train, val = split_validation(clean, p["val_fraction"], gen)
+    train, val = split_validation(clean, p.val_fraction, gen)
     model.to(device)
-    masker = BNMasks(model, noise=p["eps"] > 0)
+    masker = BNMasks(model, noise=p.eps > 0)
     noise_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
-    eps, steps, alpha = float(p["eps"]), int(p["anp_steps"]), float(p["alpha"])
+    eps, steps, alpha = float(p.eps), int(p.anp_steps), float(p.alpha)
 
     def loss_fn(m, x, y, step):
         m.eval()  # masks act on running statistics; no statistics update
@@ -203,10 +195,10 @@ def purify(model, clean, params, gen, device):
     finally:
         masker.detach()
     masks = masker.values()
-    if p["threshold"] is None:
-        threshold, curve, base = select_threshold(model, masks, val, p["thresholds"], p["max_acc_drop"])
+    if p.threshold is None:
+        threshold, curve, base = select_threshold(model, masks, val, p.thresholds, p.max_acc_drop)
     else:
-        threshold, curve, base = float(p["threshold"]), {}, None
+        threshold, curve, base = float(p.threshold), {}, None
     prune_channels(model, {n: m < threshold for n, m in masks.items()})
     model.eval()
     info = prune_info(masks, threshold)

@@ -5,7 +5,8 @@
 - ``model``: the backdoored model (a copy the defense may modify in place);
 - ``clean``: the defender's clean images, ``clean_budget`` of them from the pool, disjoint from the
   attacker's training data; never the test set, never the attack;
-- ``params``: the defense's section of params.yaml;
+- ``params``: the defense's resolved settings (``backdoor.schema.defenses``; a partial mapping is
+  resolved by the module);
 - ``info``: a JSON-able dict of what the defense did (pruned channels, thresholds, …).
 
 Any threshold or model selection must use ``split_validation`` on the clean budget, never test data.

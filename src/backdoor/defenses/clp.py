@@ -10,9 +10,10 @@ the unbiased standard deviation) are pruned: conv filter (and bias), γ and β o
 No data are read, no training happens: ``clean`` is ignored (a test checks it is never touched),
 and the run takes milliseconds.
 
-Parameters (params.yaml ``defenses.clp``): ``u`` 3.0 (the paper's and BackdoorBench's CIFAR
-default). ``trace_size`` 32: the side of the synthetic constant image used once to find which BN
-follows which conv (not data; the model's global pooling makes the size irrelevant).
+Settings (``defenses.<id>``, declared in ``backdoor.schema.defenses.CLP``): ``u`` 3.0 (the paper's
+and BackdoorBench's CIFAR default). ``trace_size`` 32: the side of the synthetic constant image
+used once to find which BN follows which conv (not data; the model's global pooling makes the size
+irrelevant).
 
 Deviations, and why:
 
@@ -35,10 +36,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..schema.defenses import CLP
 from .channels import probe_input, trace, zero_channels
-
-DEFAULTS = dict(u=3.0, trace_size=32)
-
 
 @torch.no_grad()
 def channel_lipschitz(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
@@ -50,10 +49,10 @@ def channel_lipschitz(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
 
 
 def purify(model, clean, params, gen, device):
-    cfg = {**DEFAULTS, **{k: v for k, v in params.items() if k in DEFAULTS}}
+    cfg = CLP.of(params)
     model.to(device)
     modules = dict(model.named_modules())
-    pairs = trace(model, probe_input(model, int(cfg["trace_size"]))).conv_bn
+    pairs = trace(model, probe_input(model, int(cfg.trace_size))).conv_bn
     layers, total = {}, 0
     for conv_name, bn_name in pairs.items():
         if bn_name is None:
@@ -61,10 +60,10 @@ def purify(model, clean, params, gen, device):
             continue
         conv, bn = modules[conv_name], modules[bn_name]
         uclc = channel_lipschitz(conv, bn)
-        threshold = (uclc.mean() + cfg["u"] * uclc.std()).item() if len(uclc) > 1 else float("inf")
+        threshold = (uclc.mean() + cfg.u * uclc.std()).item() if len(uclc) > 1 else float("inf")
         pruned = torch.nonzero(uclc > threshold).flatten().tolist()
         zero_channels(conv, bn, pruned)
         total += len(pruned)
         layers[conv_name] = {"bn": bn_name, "channels": len(uclc), "threshold": threshold,
                              "pruned": pruned, "uclc_pruned": uclc[pruned].tolist()}
-    return model, {"u": cfg["u"], "pruned_total": total, "layers": layers}
+    return model, {"u": cfg.u, "pruned_total": total, "layers": layers}

@@ -47,10 +47,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..device import fp32
-from .fip import DEFAULTS as FIP_DEFAULTS
-from .fip import merged_params, train_fip
-
-DEFAULTS: dict = {**FIP_DEFAULTS, "lr": 2.5e-2, "iterations": 400}
+from ..schema.defenses import FastFIP
+from .fip import train_fip
 
 SHIFTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 NORMS = (nn.modules.batchnorm._BatchNorm,)
@@ -115,7 +113,7 @@ def fold_spectral_shifts(model: nn.Module) -> nn.Module:
 
 
 def purify(model, clean, params, gen, device):
-    p = merged_params(params, DEFAULTS)
+    p = FastFIP.of(params)
     model.to(device)
     named = attach_spectral_shifts(model)
     try:

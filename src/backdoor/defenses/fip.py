@@ -79,20 +79,9 @@ from torch import nn
 from ..augment import augment, to_float
 from ..data.tensors import TensorSet
 from ..device import fp32
+from ..schema.defenses import FIP
 from ..training import fit
 from .base import fit_config
-
-DEFAULTS: dict = {
-    "lr": 5.0e-3, "momentum": 0.95, "weight_decay": 0.0, "schedule": "constant",
-    "batch_size": 128, "iterations": 2000, "crop_pad": 2, "flip": True,
-    "eta_f": 5.0e-3,        # η_F, weight of the Fisher-trace (backdoor-suppressing) term
-    "eta_r": 1.0,           # η_r, weight of the diagonal-Fisher retainer (0 disables it)
-    "trace_every": 5,       # compute the trace term on every k-th batch only
-    "probes": 20,           # Hutchinson probe vectors per trace evaluation
-    "probe": "rademacher",  # rademacher | gaussian
-    "fisher_batch": 100,    # per-sample gradients computed this many at a time
-    "released": False,      # true: the released code's zero-mean projection, no retainer
-}
 
 RELEASED_PROBES = 20           # the release's fixed number of Gaussian probe sets
 RELEASED_REGISTRATION = (5, 100)  # the release's "FIM registration": 5 batches of 100 images
@@ -207,16 +196,6 @@ class Retainer:
 
 # -- the shared training procedure ----------------------------------------------------------------
 
-def merged_params(params: dict, defaults: dict) -> dict:
-    given = {k: v for k, v in params.items() if v is not None}
-    merged = {**defaults, **given}
-    if "epochs" in given and "iterations" not in given:
-        merged.pop("iterations")  # epochs given instead of the default iteration count
-    if merged["trace_every"] < 1:
-        raise ValueError(f"trace_every must be ≥ 1, got {merged['trace_every']}")
-    return merged
-
-
 def _registration_pass(model: nn.Module, clean: TensorSet, cfg, gen: torch.Generator, device) -> None:
     """The release's FIM-registration forwards in train mode: they only move BN running stats."""
     batches, size = RELEASED_REGISTRATION
@@ -233,7 +212,7 @@ def train_fip(model: nn.Module, clean: TensorSet, named: dict[str, torch.Tensor]
               gen: torch.Generator, device, desc: str) -> dict:
     """Minimise the FIP objective over the parameters in ``named`` (the rest must be frozen).
 
-    ``p`` are the merged params (``merged_params``). Returns the info dict.
+    ``p`` are the resolved settings (``backdoor.schema.defenses.FIP``). Returns the info dict.
     """
     device = torch.device(device)
     model.to(device)
@@ -291,7 +270,7 @@ def train_fip(model: nn.Module, clean: TensorSet, named: dict[str, torch.Tensor]
 
 
 def purify(model, clean, params, gen, device):
-    p = merged_params(params, DEFAULTS)
+    p = FIP.of(params)
     named = dict(model.named_parameters())
     for q in named.values():
         q.requires_grad_(True)

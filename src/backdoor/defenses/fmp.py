@@ -28,7 +28,7 @@ gradient pass never runs the layers after ℓ. On the compact CNN at width 16 (2
 inputs) this takes ≈ 3.5 s on one CPU thread (up to ≈ 10 s on a loaded machine), against ≈ 25 s
 for the 240 fine-tuning steps.
 
-Parameters (params.yaml ``defenses.fmp``; FitConfig keys go to ``fit``):
+Settings (``defenses.<id>``, declared in ``backdoor.schema.defenses.FMP``; the fit keys go to ``fit``):
 
 - ``sensitivity_batch`` 32, ``alpha`` 0.02, ``eps`` 0.06: the authors' FMT config for CIFAR-10
   (methods.md §4.4). ``eps`` is 0.06 and not the 1/255 of the Dunnett et al. port: 0.06 is the only
@@ -112,17 +112,10 @@ from torch import nn
 
 from ..augment import augment, to_float
 from ..data.tensors import TensorSet
+from ..schema.defenses import FMP
 from ..training import fit
 from .base import fit_config
 from .channels import ChannelMask, trace
-
-DEFAULTS = dict(
-    sensitivity_batch=32, alpha=0.02, eps=0.06, prune_ratio=1 / 64, rounding="ceil",
-    zero_bn_beta=True, hard_mask=True, chunk_images=1024,
-    lr=0.01, min_lr=1e-4, momentum=0.9, weight_decay=0.0, batch_size=256, iterations=240,
-    crop_pad=2, flip=True,
-)
-
 
 class _Stop(Exception):
     """Raised by a forward hook to end a forward pass once the wanted layer has run."""
@@ -218,9 +211,7 @@ def select(acc: torch.Tensor, loss: torch.Tensor, n: int) -> list[int]:
 
 
 def purify(model, clean: TensorSet, params, gen, device):
-    p = {**DEFAULTS, **{k: v for k, v in params.items() if k != "type"}}
-    if "epochs" in params and "iterations" not in params:
-        p["iterations"] = None
+    p = FMP.of(params)
     t0 = time.perf_counter()
     model.to(device, memory_format=torch.channels_last).eval()  # NHWC: ≈ 1.4× faster convs on CPU
     convs = conv_layers(model)
@@ -228,18 +219,18 @@ def purify(model, clean: TensorSet, params, gen, device):
         raise ValueError("fmp: the model has no Conv2d layer to prune")
 
     # 1. sensitivity batch: random clean images, augmented like the fine-tuning data, random start
-    n = min(int(p["sensitivity_batch"]), len(clean))
+    n = min(int(p.sensitivity_batch), len(clean))
     idx = torch.randperm(len(clean), generator=gen)[:n]
     x = to_float(clean.x[idx].to(device))
     aug_gen = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
-    x = augment(x, int(p["crop_pad"]), bool(p["flip"]), aug_gen).contiguous(memory_format=torch.channels_last)
+    x = augment(x, int(p.crop_pad), bool(p.flip), aug_gen).contiguous(memory_format=torch.channels_last)
     y = clean.y[idx].to(device)
     with torch.no_grad():
         batch_acc = (model(x).argmax(1) == y).float().mean().item()
 
     # 2. per-feature-map FGSM scores, keyed by module name
-    scores = feature_map_scores(model, convs, x, y, float(p["alpha"]), float(p["eps"]), gen,
-                                int(p["chunk_images"]))
+    scores = feature_map_scores(model, convs, x, y, float(p.alpha), float(p.eps), gen,
+                                int(p.chunk_images))
     bns = trace(model, x[:2]).conv_bns
     t_scores = time.perf_counter() - t0
 
@@ -249,11 +240,11 @@ def purify(model, clean: TensorSet, params, gen, device):
     modules = dict(model.named_modules())
     for name, conv in convs.items():
         acc, loss = scores[name]["acc"], scores[name]["loss"]
-        k = n_to_prune(conv.out_channels, float(p["prune_ratio"]), p["rounding"])
+        k = n_to_prune(conv.out_channels, float(p.prune_ratio), p.rounding)
         chosen = select(acc, loss, k)
         mask.add(conv, None, chosen)
         for bn_name in bns.get(name, []):
-            mask.add(None, modules[bn_name], chosen, bn_beta=bool(p["zero_bn_beta"]))
+            mask.add(None, modules[bn_name], chosen, bn_beta=bool(p.zero_bn_beta))
         layers[name] = {"channels": conv.out_channels, "pruned": chosen,
                         "pruned_scores": [acc[c].item() for c in chosen], "bn": bns.get(name, [])}
     mask()
@@ -261,7 +252,7 @@ def purify(model, clean: TensorSet, params, gen, device):
     # 4. fine-tune every parameter; the hard mask keeps pruned entries at zero
     cfg = fit_config(p)
     result = fit(model, clean, cfg, gen=gen, device=device,
-                 after_step=mask if p["hard_mask"] and mask else None, desc="fmp")
+                 after_step=mask if p.hard_mask and mask else None, desc="fmp")
     total = time.perf_counter() - t0
     return model, {
         "layers": layers,
@@ -269,7 +260,7 @@ def purify(model, clean: TensorSet, params, gen, device):
         "n_feature_maps": sum(v["channels"] for v in layers.values()),
         "scores": {name: s["acc"].tolist() for name, s in scores.items()},
         "sensitivity_batch": n, "sensitivity_batch_acc": batch_acc,
-        "eps": float(p["eps"]), "alpha": float(p["alpha"]), "hard_mask": bool(p["hard_mask"]),
+        "eps": float(p.eps), "alpha": float(p.alpha), "hard_mask": bool(p.hard_mask),
         "seconds_scores": t_scores, "seconds_total": total,
         "steps": result.steps, "final_loss": result.final_loss,
     }

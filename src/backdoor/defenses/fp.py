@@ -46,15 +46,10 @@ import torch.nn.functional as F
 
 from ..augment import to_float
 from ..metrics import accuracy
+from ..schema.defenses import FinePruning
 from ..training import fit
 from .base import fit_config, split_validation
 from .channels import ChannelMask, largest_passing, trace, zero_channels
-
-DEFAULTS = dict(
-    val_fraction=0.2, acc_drop=0.1, step_ratio=0.01, max_ratio=0.95, rank_batch=256,
-    lr=0.01, iterations=500, batch_size=128, momentum=0.9, weight_decay=5e-4, crop_pad=2, flip=True,
-)
-
 
 @torch.no_grad()
 def mean_activations(model, conv, bn, images: torch.Tensor, batch: int, device) -> torch.Tensor:
@@ -74,9 +69,9 @@ def mean_activations(model, conv, bn, images: torch.Tensor, batch: int, device) 
 
 
 def purify(model, clean, params, gen, device):
-    cfg = {**DEFAULTS, **params}
+    cfg = FinePruning.of(params)
     model.to(device, memory_format=torch.channels_last)
-    train_part, val_part = split_validation(clean, cfg["val_fraction"], gen)
+    train_part, val_part = split_validation(clean, cfg.val_fraction, gen)
     modules = dict(model.named_modules())
     probe = to_float(train_part.x[:2].to(device))
     pairs = trace(model, probe).conv_bn
@@ -84,16 +79,16 @@ def purify(model, clean, params, gen, device):
     bn_name = pairs[conv_name]
     conv, bn = modules[conv_name], (modules[bn_name] if bn_name else None)
 
-    act = mean_activations(model, conv, bn, train_part.x, int(cfg["rank_batch"]), device)
+    act = mean_activations(model, conv, bn, train_part.x, int(cfg.rank_batch), device)
     order = torch.argsort(act, stable=True).tolist()  # least active first
     channels = len(order)
-    step = max(1, math.ceil(cfg["step_ratio"] * channels))
-    max_pruned = min(channels - 1, int(cfg["max_ratio"] * channels))
+    step = max(1, math.ceil(cfg.step_ratio * channels))
+    max_pruned = min(channels - 1, int(cfg.max_ratio * channels))
 
     kept, scanned, acc0 = largest_passing(model, val_part, range(step, max_pruned + 1, step),
-                                          lambda n: zero_channels(conv, bn, order[:n]), cfg["acc_drop"])
+                                          lambda n: zero_channels(conv, bn, order[:n]), cfg.acc_drop)
     kept = kept or 0
-    floor = (1 - cfg["acc_drop"]) * acc0
+    floor = (1 - cfg.acc_drop) * acc0
     curve = [{"pruned": 0, "val_acc": acc0}] + [{"pruned": n, "val_acc": acc} for n, acc in scanned]
     pruned = sorted(order[:kept])
     mask = ChannelMask(model, {conv_name: pruned}, pairs)

@@ -8,10 +8,12 @@ budget.
 
 from __future__ import annotations
 
+from ..schema.defenses import FT
 from ..training import fit
 from .base import fit_config
 
 
 def purify(model, clean, params, gen, device):
-    result = fit(model, clean, fit_config(params), gen=gen, device=device, desc="ft")
+    p = FT.of(params)
+    result = fit(model, clean, fit_config(p), gen=gen, device=device, desc="ft")
     return model, {"steps": result.steps, "final_loss": result.final_loss}

@@ -33,14 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..schema.defenses import FTSAM
 from ..training import fit
 from .base import fit_config
-
-DEFAULTS = dict(
-    rho=2.0, adaptive=True, eta=0.01, label_smoothing=0.1,
-    lr=0.01, iterations=500, batch_size=128, momentum=0.9, weight_decay=5e-4, crop_pad=2, flip=True,
-)
-
 
 def smoothed_ce(smoothing: float):
     def loss_fn(model, x, y, step):
@@ -83,11 +78,11 @@ def sam_grad_fn(params: list[nn.Parameter], rho: float, adaptive: bool = True, e
 
 
 def purify(model, clean, params, gen, device):
-    cfg = {**DEFAULTS, **params}
+    cfg = FTSAM.of(params)
     trained = [p for p in model.parameters() if p.requires_grad]
     result = fit(model, clean, fit_config(cfg), gen=gen, device=device,
-                 loss_fn=smoothed_ce(float(cfg["label_smoothing"])),
-                 grad_fn=sam_grad_fn(trained, float(cfg["rho"]), bool(cfg["adaptive"]), float(cfg["eta"])),
+                 loss_fn=smoothed_ce(float(cfg.label_smoothing)),
+                 grad_fn=sam_grad_fn(trained, float(cfg.rho), bool(cfg.adaptive), float(cfg.eta)),
                  desc="ftsam")
-    return model, {"steps": result.steps, "final_loss": result.final_loss, "rho": cfg["rho"],
-                   "adaptive": cfg["adaptive"]}
+    return model, {"steps": result.steps, "final_loss": result.final_loss, "rho": cfg.rho,
+                   "adaptive": cfg.adaptive}

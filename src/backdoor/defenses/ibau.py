@@ -17,9 +17,7 @@ pixel space, inputs clamped to [0, 1]. Each of ``rounds`` (5) rounds:
    L(δ, θ) + ⟨stop_grad(v), Φ(stop_grad(δ), θ)⟩, which needs one more backward. One forward pass
    gives both L and g (the same logits).
 
-Parameters (params.yaml ``defenses.ibau``): ``rounds`` 5, ``K`` 5, ``lr`` 1.0e-4 (Adam),
-``steps_per_round`` 10, ``batch_size`` 128, ``pert_norm`` 3.0, ``pert_steps`` 10, ``inner_lr`` 0.1,
-``reg`` 1.0e-3, ``crop_pad`` 2, ``flip`` true.
+Settings (``defenses.<id>``) and their defaults: ``backdoor.schema.defenses.IBAU``.
 
 Budget and deviations (BackdoorBench: Adam 1e-4, 5 rounds, K 5, one pass over 5% clean data per
 round, i.e. ≈ 25–50 outer steps per round):
@@ -60,12 +58,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import augment, to_float
+from ..schema.defenses import IBAU
 from ..training import fit
 from .base import fit_config
-
-DEFAULTS = dict(rounds=5, K=5, lr=1e-4, steps_per_round=10, batch_size=128, pert_norm=3.0,
-                pert_steps=10, inner_lr=0.1, reg=1e-3, crop_pad=2, flip=True)
-
 
 def _project(delta: torch.Tensor, r: float) -> torch.Tensor:
     n = delta.norm()
@@ -99,20 +94,20 @@ def hypergrad_fn(params: list[nn.Parameter], delta: Callable[[], torch.Tensor], 
 
 
 def purify(model, clean, params, gen, device):
-    p = {**DEFAULTS, **{k: v for k, v in params.items() if k != "type"}}
+    p = IBAU.of(params)
     start = time.perf_counter()
     device = torch.device(device)
     model.to(device, memory_format=torch.channels_last)
     x_all, y_all = clean.x.to(device), clean.y.to(device)
     aug_gen = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
     theta = [q for q in model.parameters() if q.requires_grad]
-    r, eta, reg, K = float(p["pert_norm"]), float(p["inner_lr"]), float(p["reg"]), int(p["K"])
-    n_rounds, per_round = int(p["rounds"]), int(p["steps_per_round"])
-    step_size = 2.5 * r / max(1, int(p["pert_steps"]))
+    r, eta, reg, K = float(p.pert_norm), float(p.inner_lr), float(p.reg), int(p.K)
+    n_rounds, per_round = int(p.rounds), int(p.steps_per_round)
+    step_size = 2.5 * r / max(1, int(p.pert_steps))
 
     def batch():  # for the inner maximisation; the outer batches come from fit
-        idx = torch.randint(0, len(clean), (int(p["batch_size"]),), generator=gen).to(device)
-        x = augment(to_float(x_all[idx]), int(p["crop_pad"]), bool(p["flip"]), aug_gen)
+        idx = torch.randint(0, len(clean), (int(p.batch_size),), generator=gen).to(device)
+        x = augment(to_float(x_all[idx]), int(p.crop_pad), bool(p.flip), aug_gen)
         return x.contiguous(memory_format=torch.channels_last), y_all[idx]
 
     rounds: list[dict] = []
@@ -124,7 +119,7 @@ def purify(model, clean, params, gen, device):
         model.eval()
         try:
             delta = torch.zeros((1, *clean.x.shape[1:]), device=device)
-            for _ in range(int(p["pert_steps"])):
+            for _ in range(int(p.pert_steps)):
                 x, y = batch()
                 delta.requires_grad_(True)
                 loss = F.cross_entropy(model((x + delta).clamp(0, 1)), y)

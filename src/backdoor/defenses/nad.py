@@ -42,14 +42,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import to_float
+from ..schema.defenses import NAD
 from ..training import fit
 from .base import fit_config
 from .channels import trace
-
-DEFAULTS = dict(
-    betas=[500.0, 1000.0, 1000.0], p=2.0, layers="auto", n_layers=3, teacher_iterations=250,
-    lr=0.01, iterations=500, batch_size=128, momentum=0.9, weight_decay=5e-4, crop_pad=2, flip=True,
-)
 
 _NOT_STAGES = (nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Identity,
                nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout)
@@ -94,25 +90,25 @@ class _Features:
 
 
 def purify(model, clean, params, gen, device):
-    cfg = {**DEFAULTS, **params}
+    cfg = NAD.of(params)
     model.to(device, memory_format=torch.channels_last)
-    if cfg["layers"] == "auto":
-        layers = stage_outputs(model, to_float(clean.x[:2].to(device)), int(cfg["n_layers"]))
+    if cfg.layers == "auto":
+        layers = stage_outputs(model, to_float(clean.x[:2].to(device)), int(cfg.n_layers))
     else:
-        layers = list(cfg["layers"])
-    betas = [float(b) for b in cfg["betas"]][-len(layers):]
+        layers = list(cfg.layers)
+    betas = [float(b) for b in cfg.betas][-len(layers):]
     if len(betas) != len(layers):
-        raise ValueError(f"nad: {len(layers)} layers but {len(cfg['betas'])} betas")
+        raise ValueError(f"nad: {len(layers)} layers but {len(cfg.betas)} betas")
 
     teacher = copy.deepcopy(model)
-    t_result = fit(teacher, clean, fit_config(cfg, iterations=int(cfg["teacher_iterations"]), epochs=None),
+    t_result = fit(teacher, clean, fit_config(cfg, iterations=int(cfg.teacher_iterations), epochs=None),
                    gen=gen, device=device, desc="nad-teacher")
     teacher.eval()
     for q in teacher.parameters():
         q.requires_grad_(False)
 
     s_feats, t_feats = _Features(model, layers), _Features(teacher, layers)
-    p = float(cfg["p"])
+    p = float(cfg.p)
 
     def loss_fn(net, x, y, step):
         logits = net(x)

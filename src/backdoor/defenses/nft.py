@@ -75,30 +75,10 @@ from torch.nn.utils import parametrize
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..augment import to_float
+from ..schema.defenses import NFT
 from ..training import fit
 from .base import fit_config
 from .channels import trace
-
-DEFAULTS: dict = {
-    "lr": 0.05,
-    "min_lr": 0.02,
-    "momentum": 0.95,
-    "weight_decay": 0.0,
-    "schedule": "cosine",
-    "iterations": 1000,
-    "batch_size": 128,
-    "crop_pad": 2,
-    "flip": True,
-    "mixup_alpha": 1.0,       # λ ~ Beta(α, α); 0 disables MixUp
-    "l1_weight": 1.0e-3,      # divided by N_c = clean images / classes
-    "floor_alpha": 0.8,       # mask floor of the l-th masked BN: floor_alpha · exp(−floor_beta · l)
-    "floor_beta": 0.5,
-    "floor_depth": "index",   # index: l = 1, 2, … | relative: l mapped affinely onto 1 … floor_ref_layers
-    "floor_ref_layers": 19,   # masked BNs of the code's ResNet-18 (only for floor_depth: relative)
-    "mask_first_bn": True,    # false: leave the first BN in forward order unmasked (the code's stem)
-    "bn_stats": "update",     # update: train-mode BN as in the code | frozen: eval-mode BN
-}
-
 
 class GammaMask(nn.Module):
     """Parametrization of a BN weight: γ ↦ γ ⊙ m, with the per-channel mask m as the parameter."""
@@ -139,11 +119,7 @@ def _seed_from(gen: torch.Generator) -> int:
 
 
 def purify(model, clean, params, gen, device):
-    p = {**DEFAULTS, **params}
-    if "epochs" in params and "iterations" not in params:
-        p.pop("iterations")
-    if p["bn_stats"] not in ("update", "frozen"):
-        raise ValueError(f"nft.bn_stats = {p['bn_stats']!r}: use update or frozen")
+    p = NFT.of(params)
     if len(clean) == 0:
         raise ValueError("nft: the clean set is empty")
     device = torch.device(device)
@@ -153,12 +129,12 @@ def purify(model, clean, params, gen, device):
     layers = bn_forward_order(model, probe)
     with torch.no_grad():
         num_classes = model.eval()(probe).shape[1]
-    if not p["mask_first_bn"]:
+    if not p.mask_first_bn:
         layers = layers[1:]
     if not layers:
         raise ValueError("nft: the model has no affine BatchNorm layer to mask")
-    floors = mask_floors(len(layers), p["floor_alpha"], p["floor_beta"], p["floor_depth"],
-                         p["floor_ref_layers"])
+    floors = mask_floors(len(layers), p.floor_alpha, p.floor_beta, p.floor_depth,
+                         p.floor_ref_layers)
     n_c = len(clean) / num_classes
 
     # Freeze every original parameter, then mask the chosen BN weights.
@@ -174,10 +150,10 @@ def purify(model, clean, params, gen, device):
 
     mix_gen = torch.Generator().manual_seed(_seed_from(gen))
     mix_rng = np.random.default_rng(_seed_from(gen))
-    alpha, reg = float(p["mixup_alpha"]), float(p["l1_weight"]) / n_c
+    alpha, reg = float(p.mixup_alpha), float(p.l1_weight) / n_c
 
     def loss_fn(net, x, y, step):
-        if p["bn_stats"] == "frozen":
+        if p.bn_stats == "frozen":
             for bn in all_bns:
                 bn.eval()
         if alpha > 0:
@@ -210,5 +186,5 @@ def purify(model, clean, params, gen, device):
                   "below_half": int((m < 0.5).sum()), "at_one": int((m >= 1.0).sum())}
                  for (name, _), m, floor in zip(layers, final, floors)]
     return model, {"steps": result.steps, "seconds": result.seconds, "final_loss": result.final_loss,
-                   "n_c": n_c, "num_classes": int(num_classes), "bn_stats": p["bn_stats"],
+                   "n_c": n_c, "num_classes": int(num_classes), "bn_stats": p.bn_stats,
                    "masked_layers": per_layer}

@@ -34,11 +34,7 @@ the number of pruned channels (or the threshold) is selected on a validation spl
 fixed; augmentation (crop 2, flip) as in ``ft``. BackdoorBench's RNP runs with 1% clean data — the
 same as our 600-image budget.
 
-Parameters (params.yaml ``defenses.rnp``): ``unlearn_lr`` 0.01, ``unlearn_iterations`` 200,
-``clean_threshold`` 0.2, ``unlearn_weight_decay`` 5.0e-4, ``lr`` 0.2 (mask), ``recover_iterations``
-100, ``momentum`` 0.9, ``batch_size`` 128, ``thresholds`` 0..0.9, ``val_fraction`` 0.2,
-``max_acc_drop`` 0.05, ``threshold`` null, ``prune_by`` number, ``max_prune`` 0.5,
-``recover_batch_stats`` true, ``crop_pad`` 2, ``flip`` true.
+Settings (``defenses.<id>``) and their defaults: ``backdoor.schema.defenses.RNP``.
 """
 
 from __future__ import annotations
@@ -49,19 +45,11 @@ import torch
 import torch.nn.functional as F
 
 from ..models import copy_model
+from ..schema.defenses import RNP
 from ..training import fit
 from .anp import BNMasks, frozen, prune_channels, prune_info, select_threshold
 from .base import fit_config, split_validation
 from .channels import largest_passing
-
-DEFAULTS = dict(
-    unlearn_lr=0.01, unlearn_iterations=200, clean_threshold=0.2, unlearn_weight_decay=5e-4,
-    lr=0.2, recover_iterations=100, momentum=0.9, batch_size=128,
-    thresholds=[round(0.05 * i, 2) for i in range(19)], val_fraction=0.2, max_acc_drop=0.05,
-    threshold=None, crop_pad=2, flip=True, recover_batch_stats=True,
-    prune_by="number", max_prune=0.5,
-)
-
 
 def lowest(masks: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
     """The ``count`` channels with the lowest mask values over all layers (stable order on ties)."""
@@ -85,9 +73,9 @@ def select_count(model, masks, val, max_prune: float, max_acc_drop: float):
 
 
 def purify(model, clean, params, gen, device):
-    p = {**DEFAULTS, **{k: v for k, v in params.items() if k != "type"}}
+    p = RNP.of(params)
     start = time.perf_counter()
-    train, val = split_validation(clean, p["val_fraction"], gen)
+    train, val = split_validation(clean, p.val_fraction, gen)
     model.to(device)
     unlearned = copy_model(model)
 
@@ -101,23 +89,23 @@ def purify(model, clean, params, gen, device):
         return -F.cross_entropy(logits, y)
 
     def stop_check(step):
-        state["stopped_early"] = hits[-1] <= p["clean_threshold"]
+        state["stopped_early"] = hits[-1] <= p.clean_threshold
         return state["stopped_early"]
 
-    cfg = fit_config(p, lr=p["unlearn_lr"], weight_decay=p["unlearn_weight_decay"],
-                     iterations=p["unlearn_iterations"], schedule="constant")
+    cfg = fit_config(p, lr=p.unlearn_lr, weight_decay=p.unlearn_weight_decay,
+                     iterations=p.unlearn_iterations, schedule="constant")
     unlearn = fit(unlearned, train, cfg, gen=gen, device=device, loss_fn=ascent, after_step=stop_check,
                   desc="rnp-unlearn")
     unlearn_acc = hits[-1]
 
     # 2. recover: masks on the frozen unlearned model
-    masker = BNMasks(unlearned, batch_stats=p["recover_batch_stats"])
+    masker = BNMasks(unlearned, batch_stats=p.recover_batch_stats)
 
     def recover(m, x, y, step):
         m.eval()
         return F.cross_entropy(m(x), y)
 
-    cfg = fit_config(p, iterations=p["recover_iterations"], schedule="constant", weight_decay=0.0)
+    cfg = fit_config(p, iterations=p.recover_iterations, schedule="constant", weight_decay=0.0)
     try:
         with frozen(unlearned):
             result = fit(unlearned, train, cfg, gen=gen, device=device, params=masker.mask_list(),
@@ -129,15 +117,15 @@ def purify(model, clean, params, gen, device):
 
     # 3. prune the original model
     model.eval()
-    if p["threshold"] is not None:
-        threshold, curve, base = float(p["threshold"]), {}, None
+    if p.threshold is not None:
+        threshold, curve, base = float(p.threshold), {}, None
         sel = {n: m < threshold for n, m in masks.items()}
-    elif p["prune_by"] == "threshold":
-        threshold, curve, base = select_threshold(model, masks, val, p["thresholds"], p["max_acc_drop"])
+    elif p.prune_by == "threshold":
+        threshold, curve, base = select_threshold(model, masks, val, p.thresholds, p.max_acc_drop)
         sel = {n: m < threshold for n, m in masks.items()}
     else:
         threshold = None
-        count, curve, base = select_count(model, masks, val, p["max_prune"], p["max_acc_drop"])
+        count, curve, base = select_count(model, masks, val, p.max_prune, p.max_acc_drop)
         sel = lowest(masks, count)
     prune_channels(model, sel)
     info = prune_info(masks, threshold if threshold is not None else -1.0)

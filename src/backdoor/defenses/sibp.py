@@ -30,8 +30,6 @@ D. Fine-tune every parameter with cross-entropy: SGD lr 0.01, momentum 0.9, weig
 
 ``u`` and ``epochs`` (and ``conv_coef``) may be lists: round j re-scores the model left by round
 j − 1 with ``u[j]``, prunes, and fine-tunes ``epochs[j]`` epochs; a scalar is used in every round.
-(params.schema.yaml types a defense's ``epochs`` as an integer, so a list there needs a schema
-change; ``--override`` and direct calls accept it.)
 
 Deviations from the released code, and why
 ------------------------------------------
@@ -92,14 +90,10 @@ from fnmatch import fnmatchcase
 import torch
 from torch import nn
 
+from ..schema.defenses import SIBP
 from ..training import fit
 from .base import fit_config
 from .channels import ChannelMask
-
-DEFAULTS = dict(u=1.9, conv_coef=0.5, epochs=10, threshold_layers="all", hard_mask=True,
-                lr=0.01, momentum=0.9, weight_decay=1.0e-4, batch_size=256, schedule="constant",
-                crop_pad=2, flip=True)
-
 
 # -- Step A: scores ---------------------------------------------------------------------------------
 
@@ -226,13 +220,13 @@ def _schedule(params: dict) -> list[tuple[float, float, int]]:
 # -- Step D and the rounds -------------------------------------------------------------------------
 
 def purify(model, clean, params, gen, device):
-    p = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
+    p = SIBP.of(params)
     model.to(device)
-    hard = bool(p["hard_mask"])
+    hard = bool(p.hard_mask)
     masks: dict[str, torch.Tensor] = {}
     rounds_info = []
     for j, (u, coef, epochs) in enumerate(_schedule(p)):
-        found = inspect(model, u, coef, p["threshold_layers"], masks if hard else None)
+        found = inspect(model, u, coef, p.threshold_layers, masks if hard else None)
         # hard mask: dead channels are out of the statistics, so everything flagged is new;
         # soft: every channel is re-scored and whatever is flagged is zeroed again (as released)
         new = found["prune"]

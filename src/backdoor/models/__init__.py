@@ -6,23 +6,30 @@ the wrong architecture fails with a message instead of a shape error deep inside
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from torch import nn
 
 from ..io import load_tensors, save_tensors
+from ..schema.models import MODELS
 from .base import Classifier
-from .cnn import CompactCNN
-from .preact_resnet import PreActResNet18
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"cnn": CompactCNN, "preact_resnet18": PreActResNet18}
+
+def architecture(arch: str) -> type[nn.Module]:
+    """The module class of a declared architecture (``backdoor.schema.models``)."""
+    if arch not in MODELS:
+        raise KeyError(f"unknown architecture {arch!r} (models.<id>.type in params.yaml); "
+                       f"known: {', '.join(sorted(MODELS))}")
+    module, name = MODELS[arch].impl.split(":")
+    return getattr(importlib.import_module(module), name)
+
 
 
 def build_model(arch: str, in_channels: int, num_classes: int, mean, std, **arch_params) -> Classifier:
-    if arch not in ARCHITECTURES:
-        raise KeyError(f"unknown architecture {arch!r} (models.<id>.type in params.yaml); "
-                       f"known: {', '.join(sorted(ARCHITECTURES))}")
-    body = ARCHITECTURES[arch](in_channels=in_channels, num_classes=num_classes, **arch_params)
+    """``arch`` with ``arch_params`` (validated, completed with the declared defaults)."""
+    arch_params = MODELS[arch].of(arch_params).arch_params() if arch in MODELS else arch_params
+    body = architecture(arch)(in_channels=in_channels, num_classes=num_classes, **arch_params)
     model = Classifier(body, mean, std)
     model.spec = dict(arch=arch, in_channels=in_channels, num_classes=num_classes,
                       mean=list(mean), std=list(std), arch_params=dict(arch_params))
