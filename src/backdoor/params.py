@@ -176,15 +176,24 @@ def model_params(config: dict, model: str) -> dict:
     return {**config["models"][model], "type": config["models"][model].get("type", model)}
 
 
+# Settings of the machine, not of the results (a mirror of the same checksummed files, where to
+# compute): never a rerun trigger, so no step's keys; jobs read them from the config directly.
+MACHINE_LOCAL = ("data", "device")
+
+
+def machine_settings(config: dict) -> dict:
+    return {key: config[key] for key in MACHINE_LOCAL}
+
+
 def step_keys(step: str, **wc: str) -> list[str]:
     """The dotted params.yaml keys a job of ``step`` depends on (DVC `params:`)."""
     keys = {
-        "download": ["data"],
+        "download": [],
         "prepare": ["splits"],
-        "craft": ["attack_defaults", f"attacks.{wc.get('attack')}", "device", "precision"],  # + surrogate
+        "craft": ["attack_defaults", f"attacks.{wc.get('attack')}", "precision"],  # + surrogate
         "poison": ["attack_defaults", f"attacks.{wc.get('attack')}"],
-        "train": ["train", f"models.{wc.get('model')}", "device", "precision"],
-        "purify": ["defense_defaults", f"defenses.{wc.get('defense')}", "device", "precision"],
+        "train": ["train", f"models.{wc.get('model')}", "precision"],
+        "purify": ["defense_defaults", f"defenses.{wc.get('defense')}", "precision"],
         "aggregate": [],
         "report": [],
     }
@@ -194,13 +203,11 @@ def step_keys(step: str, **wc: str) -> list[str]:
 
 
 def _runtime(config: dict) -> dict:
-    return {"device": config["device"], "precision": config["precision"]}
+    return {"precision": config["precision"]}
 
 
 def step_values(config: dict, step: str, **wc: str) -> dict:
     """The ready-to-use values a job of ``step`` reads, derived only from ``step_keys``' sections."""
-    if step == "download":
-        return {"data": config["data"]}
     if step == "prepare":
         return {"splits": config["splits"]}
     if step == "poison":

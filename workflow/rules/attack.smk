@@ -6,6 +6,7 @@ rule craft:
         "results/assets/{dataset}/{attack}.pt",
     params:
         values=step_params("craft"),
+        code=code_params("craft"),
     threads: JOB_THREADS
     conda:
         STUDY_ENV
@@ -20,6 +21,7 @@ rule poison:
         "data/poisoned/{dataset}/{attack}.pt",
     params:
         values=step_params("poison"),
+        code=code_params("poison"),
     conda:
         STUDY_ENV
     script:
@@ -33,8 +35,10 @@ rule train:
     output:
         model="results/models/{dataset}/{model}/{attack}/seed{seed}.pt",
         metrics="results/models/{dataset}/{model}/{attack}/seed{seed}.json",
+        timing="results/models/{dataset}/{model}/{attack}/seed{seed}.time.json",
     params:
         values=step_params("train"),
+        code=code_params("train"),
     threads: JOB_THREADS
     conda:
         STUDY_ENV

@@ -62,5 +62,6 @@ RUN_JSONS = [
     "results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.json".format(**run)
     for run in P.study_runs(config)
 ]
+RUN_TIMINGS = [path.removesuffix(".json") + ".time.json" for path in RUN_JSONS]  # io.timing_path
 FIGURES = expand("results/figures/{name}.{ext}", name=["acc_asr", "runtime"], ext=["png", "svg"])
 REPORT_OUTPUTS = ["results/metrics.csv", "results/table.md", *FIGURES]

@@ -3,6 +3,7 @@ rule download:
         directory("data/raw/{dataset}"),
     params:
         values=step_params("download"),
+        code=code_params("download"),
     conda:
         STUDY_ENV
     script:
@@ -16,6 +17,7 @@ rule prepare:
         "data/prepared/{dataset}.pt",
     params:
         values=step_params("prepare"),
+        code=code_params("prepare"),
     conda:
         STUDY_ENV
     script:

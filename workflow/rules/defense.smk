@@ -7,8 +7,10 @@ rule purify:
     output:
         model="results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.pt",
         metrics="results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.json",
+        timing="results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.time.json",
     params:
         values=step_params("purify"),
+        code=code_params("purify"),
     threads: JOB_THREADS
     conda:
         STUDY_ENV

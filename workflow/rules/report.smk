@@ -1,8 +1,12 @@
 rule aggregate:
     input:
-        RUN_JSONS,
+        runs=RUN_JSONS,
+        timings=RUN_TIMINGS,
     output:
-        "results/metrics.csv",
+        csv="results/metrics.csv",
+        json="results/metrics.json",
+    params:
+        code=code_params("aggregate"),
     conda:
         STUDY_ENV
     script:
@@ -15,6 +19,8 @@ rule report:
     output:
         table="results/table.md",
         figures=report(FIGURES, caption="../report/figures.rst", category="Results"),
+    params:
+        code=code_params("report"),
     conda:
         STUDY_ENV
     script:

@@ -3,5 +3,5 @@ from backdoor import steps
 
 steps.use_threads(snakemake.threads)
 steps.craft(snakemake.input.prepared, snakemake.input.surrogate, snakemake.output[0],
-            snakemake.wildcards.attack, snakemake.params.values["attack"], snakemake.params.values["device"],
+            snakemake.wildcards.attack, snakemake.params.values["attack"], snakemake.config["device"],
             snakemake.params.values["precision"])

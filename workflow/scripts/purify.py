@@ -8,4 +8,4 @@ steps.purify(snakemake.input.prepared, snakemake.input.poisoned, snakemake.input
              snakemake.input.model_metrics, snakemake.output.model, snakemake.output.metrics,
              ids=ids, defense_params=values["defense"], budget=int(w.budget), seed=int(w.seed),
              defense_seed=int(w.dseed),
-             device=values["device"], precision=values["precision"])
+             device=snakemake.config["device"], precision=values["precision"])

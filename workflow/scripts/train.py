@@ -5,4 +5,4 @@ steps.use_threads(snakemake.threads)
 values = snakemake.params.values
 steps.train(snakemake.input.prepared, snakemake.input.poisoned, snakemake.output.model,
             snakemake.output.metrics, values["model"], values["train"], int(snakemake.wildcards.seed),
-            values["device"], values["precision"])
+            snakemake.config["device"], values["precision"])
