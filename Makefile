@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 CORES ?= $(shell nproc)
 
-.PHONY: setup study test test-fast dvc.yaml bench clean
+.PHONY: setup study test test-fast dvc.yaml status verify publish fetch-results figures bench clean
 
 setup:  ## install system + Python dependencies (idempotent)
 	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
@@ -25,7 +25,23 @@ test-fast: ## unit tests only
 	$(PYTHON) -m pytest -q -m "not e2e" tests
 
 dvc.yaml:  ## regenerate dvc.yaml from the Snakemake DAG (after editing study: in params.yaml)
-	$(PYTHON) workflow/scripts/snake2dvc.py > dvc.yaml.tmp && mv dvc.yaml.tmp dvc.yaml
+	$(PYTHON) workflow/scripts/snake2dvc.py -o dvc.yaml
+
+status:  ## what DVC would rerun, one line per stage template
+	@$(PYTHON) workflow/scripts/dvc_status.py
+
+verify:  ## re-hash every output and its cache object against dvc.lock
+	$(PYTHON) workflow/scripts/verify_outputs.py --cache
+
+publish:  ## producer: verify, commit dvc.lock, dvc push (REMOTE=s3://bucket/prefix or a path; ENDPOINT=url for non-AWS S3)
+	PYTHON=$(PYTHON) workflow/scripts/publish.sh "$(REMOTE)" "$(ENDPOINT)"
+
+fetch-results:  ## consumer, in a fresh clone: dvc pull, verify every byte against dvc.lock, reconcile Snakemake
+	PYTHON=$(PYTHON) workflow/scripts/fetch_results.sh
+
+figures:  ## redraw the tables and figures from the published metrics only (pulls results/metrics.csv, trains nothing)
+	$(PYTHON) workflow/scripts/guard.py
+	dvc repro --pull --allow-missing --force --single-item report
 
 bench:  ## every defense of params.yaml on the badnets model, as a table
 	$(PYTHON) benchmarks/purify.py --attack badnets --defenses $$($(PYTHON) -c "import yaml; print(','.join(yaml.safe_load(open('params.yaml'))['study']['defenses']))")

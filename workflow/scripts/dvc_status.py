@@ -1,0 +1,64 @@
+"""`dvc status`, one line per stage template: how many of its entries changed, and why.
+
+    python workflow/scripts/dvc_status.py          (make status)
+
+e.g. ``purify: 14 of 77 entries changed: deps modified src/backdoor/defenses/fip.py``. Exit 1 when
+anything changed, like `dvc status -q`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _paths(entries: dict, limit: int = 3) -> str:
+    paths = sorted(entries)
+    return ", ".join(paths[:limit]) + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def summary(status: dict, stages: list[str]) -> list[str]:
+    """Lines of ``group: n of m entries changed: reasons`` for a ``Repo.status()`` result."""
+    totals: dict[str, int] = defaultdict(int)
+    for name in stages:
+        totals[name.split("@")[0]] += 1
+    changed: dict[str, int] = defaultdict(int)
+    reasons: dict[str, dict[str, dict]] = defaultdict(lambda: defaultdict(dict))
+    for name, changes in status.items():
+        group = name.split("@")[0]
+        changed[group] += 1
+        for change in changes:
+            if isinstance(change, str):  # "changed command", "always changed"
+                reasons[group][change.removeprefix("changed ")] = {}
+                continue
+            for kind, entries in change.items():
+                kind = kind.removeprefix("changed ")
+                if isinstance(entries, dict):
+                    for path, how in entries.items():
+                        reasons[group][f"{kind} {how}"][path] = True
+                else:
+                    reasons[group][kind] = {}
+    lines = []
+    for group in sorted(changed, key=lambda g: list(totals).index(g) if g in totals else len(totals)):
+        why = "; ".join(f"{kind} {_paths(paths)}".strip() for kind, paths in reasons[group].items())
+        lines.append(f"{group}: {changed[group]} of {totals.get(group, changed[group])} "
+                     f"{'entries' if totals.get(group, 1) > 1 else 'entry'} changed: {why}")
+    return lines
+
+
+def main() -> None:
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        status = repo.status()
+        stages = [s.addressing for s in repo.index.stages]
+    lines = summary(status, stages)
+    print("\n".join(lines) if lines else "Data and pipelines are up to date.")
+    sys.exit(1 if lines else 0)
+
+
+if __name__ == "__main__":
+    main()
