@@ -39,9 +39,9 @@ publish:  ## producer: verify, commit dvc.lock, dvc push (REMOTE=s3://bucket/pre
 fetch-results:  ## consumer, in a fresh clone: dvc pull, verify every byte against dvc.lock, reconcile Snakemake
 	PYTHON=$(PYTHON) workflow/scripts/fetch_results.sh
 
-figures:  ## redraw the tables and figures from the published metrics only (pulls results/metrics.csv, trains nothing)
-	$(PYTHON) workflow/scripts/guard.py
-	dvc repro --pull --allow-missing --force --single-item report
+figures:  ## redraw the tables and figures from the published metrics alone (pulls them if missing; trains nothing)
+	dvc pull -q validate aggregate
+	dvc repro --force --single-item report
 
 bench:  ## every defense of params.yaml on the badnets model, as a table
 	$(PYTHON) benchmarks/purify.py --attack badnets --defenses $$($(PYTHON) -c "import yaml; print(','.join(yaml.safe_load(open('params.yaml'))['study']['defenses']))")

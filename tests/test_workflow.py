@@ -116,7 +116,8 @@ def test_status_summary_has_one_line_per_stage_template():
     status = {f"purify@d-m-a-{d}-600-0-0": [{"changed deps": {"src/backdoor/defenses/fip.py": "modified"}}]
               for d in ["fip", "fast_fip"]}
     status["report"] = [{"changed deps": {"src/backdoor/plots.py": "modified"}}, "changed command"]
+    status["purify@d-m-a-ft-600-0-0"] = [{"changed deps": {"params.yaml": {"defenses.ft": "modified"}}}]
     stages = [f"purify@d-m-a-{d}-600-0-0" for d in ["none", "ft", "fip", "fast_fip"]] + ["aggregate", "report"]
     assert dvc_status.summary(status, stages) == [
-        "purify: 2 of 4 entries changed: deps modified src/backdoor/defenses/fip.py",
+        "purify: 3 of 4 entries changed: deps modified src/backdoor/defenses/fip.py; params modified defenses.ft",
         "report: 1 of 1 entry changed: deps modified src/backdoor/plots.py; command"]

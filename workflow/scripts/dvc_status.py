@@ -38,7 +38,11 @@ def summary(status: dict, stages: list[str]) -> list[str]:
                 kind = kind.removeprefix("changed ")
                 if isinstance(entries, dict):
                     for path, how in entries.items():
-                        reasons[group][f"{kind} {how}"][path] = True
+                        if isinstance(how, dict):  # params: {file: {key: how}}
+                            for key, h in how.items():
+                                reasons[group][f"params {h}"][key] = True
+                        else:
+                            reasons[group][f"{kind} {how}"][path] = True
                 else:
                     reasons[group][kind] = {}
     lines = []
@@ -50,8 +54,11 @@ def summary(status: dict, stages: list[str]) -> list[str]:
 
 
 def main() -> None:
+    import os
+
     from dvc.repo import Repo
 
+    os.chdir(ROOT)
     with Repo(str(ROOT)) as repo:
         status = repo.status()
         stages = [s.addressing for s in repo.index.stages]

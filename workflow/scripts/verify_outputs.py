@@ -75,13 +75,19 @@ def verify(root: Path, check_cache: bool = False, allow_missing: bool = False) -
             if not allow_missing:
                 problems.append(f"{path}: missing (run `dvc pull` or `dvc checkout`)")
         elif md5(target) != digest:
-            problems.append(f"{path}: content does not match dvc.lock (md5 {digest}); it is corrupt. Remove it "
-                            "and run `dvc pull` (or `dvc repro` to recompute it)")
+            obj = cache_object(cache, digest)
+            cached = obj.exists() and md5(obj) != digest
+            problems.append(f"{path}: its content does not match dvc.lock (md5 {digest}): corrupt. Delete it"
+                            + (f" and the corrupt cache object {obj.relative_to(root) if obj.is_relative_to(root) else obj}"
+                               if cached else "")
+                            + ", then `dvc pull` it again (if the remote's copy is corrupt too, ask the publisher to "
+                            "`make verify` and `make publish`) or `dvc repro` to recompute it")
+            continue
         if check_cache:
             obj = cache_object(cache, digest)
             if obj.exists() and md5(obj) != digest:
-                problems.append(f"{path}: the DVC cache object {obj} is corrupt. Delete that object, then "
-                                "`dvc commit -f` (if the workspace copy verifies) or `dvc fetch` again")
+                problems.append(f"{path}: the DVC cache object {obj} is corrupt (the workspace copy is intact): "
+                                "delete that object, then `dvc commit -f` to store it again")
     return problems
 
 
