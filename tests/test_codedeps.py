@@ -5,7 +5,6 @@ import multiprocessing
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from backdoor import codedeps
@@ -75,6 +74,8 @@ def test_fingerprint_is_the_md5_dvc_records_and_follows_edits(tmp_path):
 # -- the static closure holds every library module a step really imports ----------------------------
 
 def _run_step(queue, name, kwargs):
+    for module in [m for m in sys.modules if m == "backdoor" or m.startswith("backdoor.")]:
+        del sys.modules[module]  # what the parent loaded does not count
     from backdoor import steps
 
     getattr(steps, name)(**kwargs)
@@ -82,7 +83,7 @@ def _run_step(queue, name, kwargs):
 
 
 def imported_by(name: str, **kwargs) -> set[str]:
-    """Library modules a step imports, run in a fresh fork (torch loaded, no library module)."""
+    """Library modules a step imports, run in a fork that first forgets every library module."""
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     proc = ctx.Process(target=_run_step, args=(queue, name, kwargs))
@@ -93,13 +94,7 @@ def imported_by(name: str, **kwargs) -> set[str]:
     return {str(codedeps.module_file(m).relative_to(ROOT)) for m in mods}
 
 
-@pytest.fixture
-def no_library_loaded(monkeypatch):
-    for name in [m for m in sys.modules if m == "backdoor" or m.startswith("backdoor.")]:
-        monkeypatch.delitem(sys.modules, name)
-
-
-def test_static_closure_holds_every_module_the_steps_import(tmp_path, no_library_loaded):
+def test_static_closure_holds_every_module_the_steps_import(tmp_path):
     from test_steps import prepared
 
     prep = prepared()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -188,9 +189,15 @@ def registry(package: str, src: Path = SRC) -> dict[str, str]:
     """``type name -> module`` from the dict literals of ``package``'s ``__init__.py`` whose values
     name modules of that package (``"backdoor.defenses.fip"``, ``"backdoor.attacks.lc:LabelConsistent"``)."""
     path = module_file(package, src)
-    found: dict[str, str] = {}
     if path is None or not _is_package(path):
-        return found
+        return {}
+    st = path.stat()
+    return _registry(package, path, st.st_mtime_ns, st.st_size, src)
+
+
+@lru_cache(maxsize=None)
+def _registry(package: str, path: Path, mtime_ns: int, size: int, src: Path) -> dict[str, str]:
+    found: dict[str, str] = {}
     for node in ast.walk(_tree(path)):
         if isinstance(node, ast.Dict):
             for k, v in zip(node.keys, node.values):
@@ -215,30 +222,52 @@ def typed_modules(values: dict, src: Path = SRC) -> set[str]:
     return mods
 
 
+_JOB_FILES: dict[tuple, tuple[list[str], list[tuple]]] = {}
+
+
+def _stats(root: Path, files: list[str]) -> list[tuple]:
+    base = str(root)
+    out = []
+    for f in files:
+        st = os.stat(os.path.join(base, f))
+        out.append((st.st_mtime_ns, st.st_size))
+    return out
+
+
 def job_files(script: str | Path, values: dict, root: str | Path) -> list[str]:
     """The script and the library files a job imports, as sorted paths relative to ``root``.
 
     ``values``: the params the job reads (``params.step_values``), for registry lookups."""
     root = Path(root).resolve()
     src = root / "src"
-    script = (root / script).resolve()
+    script = Path(os.path.normpath(os.path.join(root, script)))
+    typed = typed_modules(values, src)
+    key = (root, script, frozenset(typed))
+    if key in _JOB_FILES:  # the same files, unchanged since: the same closure (only they can import more)
+        files, stats = _JOB_FILES[key]
+        if _stats(root, files) == stats:
+            return list(files)
     mods = script_closure(script, src)
-    for m in typed_modules(values, src):
+    for m in typed:
         mods |= module_closure(m, src)
-    files = {script} | {module_file(m, src) for m in mods}
-    return sorted(str(p.relative_to(root)) for p in files)
+    found = {script} | {module_file(m, src) for m in mods}
+    files = sorted(str(p.relative_to(root)) for p in found)
+    _JOB_FILES[key] = (files, _stats(root, files))
+    return list(files)
 
 
 @lru_cache(maxsize=None)
-def _md5(path: Path, mtime_ns: int, size: int) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
+def _md5(path: str, mtime_ns: int, size: int) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.md5(fh.read()).hexdigest()
 
 
 def fingerprint(files, root: str | Path) -> dict[str, str]:
     """``path -> md5`` of each file (the hash DVC records for it in dvc.lock)."""
-    root = Path(root)
+    base = str(root)
     out = {}
     for f in files:
-        st = (root / f).stat()
-        out[f] = _md5(root / f, st.st_mtime_ns, st.st_size)
+        path = os.path.join(base, f)
+        st = os.stat(path)
+        out[f] = _md5(path, st.st_mtime_ns, st.st_size)
     return out

@@ -47,6 +47,7 @@ PLOTS: list[dict | str] = []
 
 WILDCARD_ORDER = ["dataset", "model", "attack", "defense", "budget", "seed", "dseed"]
 WIDTH = 140
+ITEM_WIDTH = 200  # an entry stays on one line up to here (one job per line reads and greps best)
 
 
 def snakemake_jobs(snakefile: Path):
@@ -124,9 +125,10 @@ class RuleJobs:
                     self.deps.append(c)
         self.code = sorted(set.intersection(*(set(code) for *_, code, _ in self.items)))
         self.extra = {}
-        for key, item, deps, code, _ in self.items:
+        for key, item, deps, code, _ in self.items:  # the job's own module (fip.py for fip) first
             stated = {fill(d, item) for d in self.deps}
-            self.extra[key] = [d for d in deps if d not in stated] + sorted(set(code) - set(self.code))
+            own = sorted(set(code) - set(self.code), key=lambda f: (Path(f).stem not in map(str, item.values()), f))
+            self.extra[key] = own + [d for d in deps if d not in stated]
         self.slots = max(map(len, self.extra.values()))
         script = next(c for c in self.code if c.startswith("workflow/scripts/"))
         for key, extra in self.extra.items() if self.slots else ():  # DVC takes no list in deps: fixed slots
@@ -187,10 +189,25 @@ def shared_lists(rules: list[RuleJobs]) -> dict[tuple, str]:
         counts: dict[tuple, int] = {}
         for extra in r.extra.values():
             counts[tuple(extra)] = counts.get(tuple(extra), 0) + 1
+        varying = {w for w in r.wildcards if len({str(item[w]) for _, item, *_ in r.items}) > 1}
         for extra, n in counts.items():
-            if n > 1:
-                names[(r.name, extra)] = f"{r.name}-" + "-".join(sorted({Path(e).stem for e in extra}))
+            if n > 1:  # named after what its entries have in common (`purify-fip`), else its files
+                items = [item for key, item, *_ in r.items if tuple(r.extra[key]) == extra]
+                common = [str(items[0][w]) for w in r.wildcards if w in varying
+                          and len({str(i[w]) for i in items}) == 1]
+                name = "-".join([r.name] + (common or sorted({Path(e).stem for e in extra})))
+                names[(r.name, extra)] = name if name not in names.values() else f"{name}-{len(names)}"
     return names
+
+
+def wrap(line: str, indent: int, width: int = ITEM_WIDTH) -> list[str]:
+    """A long flow-style line broken after commas (continuation lines indented by ``indent``)."""
+    lines = []
+    while len(line) > width and ", " in line[:width]:
+        cut = line.rindex(", ", 0, width) + 1
+        lines.append(line[:cut])
+        line = " " * indent + line[cut + 1:]
+    return lines + [line]
 
 
 def stage_lines(r: RuleJobs, anchors: dict[tuple, str]) -> list[str]:
@@ -203,7 +220,7 @@ def stage_lines(r: RuleJobs, anchors: dict[tuple, str]) -> list[str]:
             if r.slots:
                 anchor = anchors.get((r.name, tuple(r.extra[key])))
                 fields.append("deps: " + (f"*{anchor}" if anchor else "[" + ", ".join(map(scalar, r.extra[key])) + "]"))
-            lines.append(f"      {scalar(key)}: {{{', '.join(fields)}}}")
+            lines += wrap(f"      {scalar(key)}: {{{', '.join(fields)}}}", 10)
         lines.append("    do:")
     lines.append(f"{pad}cmd: {r.cmd()}")
     deps = [MARKER] + r.deps + r.code + [f"${{item.deps[{i}]}}" for i in range(r.slots)]
