@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,8 +35,8 @@ def dvc_stages(cwd: Path):
 
     with Repo(str(cwd)) as repo:
         graph = repo.index.graph  # edges: stage -> the stages it depends on
-        outs = {s.addressing: [str(o.def_path) for o in s.outs] for s in graph.nodes}
-        downstream = {s.addressing: {a.addressing for a in nx.ancestors(graph, s)} for s in graph.nodes}
+        outs = {s.name: [str(o.def_path) for o in s.outs] for s in graph.nodes}
+        downstream = {s.name: {a.name for a in nx.ancestors(graph, s)} for s in graph.nodes}
     return outs, downstream
 
 
@@ -87,8 +88,13 @@ def test_editing_a_defense_reruns_the_purify_jobs_that_import_it_under_both_runn
     restore = edited(workspace, "src/backdoor/defenses/fip.py", "\n# an edit\n")
     try:
         snakemake, changed, with_downstream = wanted(workspace)
+        status = subprocess.run([sys.executable, "workflow/scripts/dvc_status.py"], cwd=workspace, env=ENV,
+                                capture_output=True, text=True)
     finally:
         restore()
+    assert status.returncode == 1 and status.stdout.splitlines() == [  # one line per changed template
+        "validate: 1 of 1 entry changed: deps modified src/backdoor",
+        "purify: 16 of 77 entries changed: deps modified src/backdoor/defenses/fip.py"]
     purify = {s for s in with_downstream if s.startswith("purify@")}
     assert changed == purify and purify and all("-fip-" in s or "-fast_fip-" in s for s in purify)
     assert len(purify) == 2 * 8  # fip and fast_fip (which imports fip) on the eight attacks
@@ -103,6 +109,17 @@ def test_editing_a_defense_no_other_imports_reruns_only_its_jobs(workspace):
         restore()
     assert changed == {s for s in with_downstream if "-nft-" in s} and len(changed) == 8
     assert snakemake == with_downstream == changed | {"aggregate", "report"}
+
+
+@pytest.mark.parametrize("module", ["src/backdoor/training.py", "src/backdoor/attacks/trojan.py",
+                                    "src/backdoor/data/prepare.py"])
+def test_both_runners_want_the_same_jobs_after_any_library_edit(workspace, module):
+    restore = edited(workspace, module, "\n# an edit\n")
+    try:
+        snakemake, changed, with_downstream = wanted(workspace)
+    finally:
+        restore()
+    assert changed and snakemake == with_downstream
 
 
 def test_editing_the_figure_code_reruns_only_the_report(workspace):

@@ -53,11 +53,33 @@ def summary(status: dict, stages: list[str]) -> list[str]:
     return lines
 
 
+def read_params_once() -> None:
+    """DVC parses params.yaml again for each stage that has params (≈ 1 s of a default-study status);
+    within this one read-only call the file does not change, so parse it once per (path, mtime, size)."""
+    import os
+
+    import dvc.dependency.param as param
+
+    if not hasattr(param, "load_path"):
+        return
+    original, parsed = param.load_path, {}
+
+    def load_path(path, fs, **kwargs):
+        st = os.stat(path)
+        key = (str(path), st.st_mtime_ns, st.st_size, tuple(sorted(kwargs.items())))
+        if key not in parsed:
+            parsed[key] = original(path, fs, **kwargs)
+        return parsed[key]
+
+    param.load_path = load_path
+
+
 def main() -> None:
     import os
 
     from dvc.repo import Repo
 
+    read_params_once()
     os.chdir(ROOT)
     with Repo(str(ROOT)) as repo:
         status = repo.status()
