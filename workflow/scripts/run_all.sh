@@ -14,6 +14,6 @@ if ! grep -q "Nothing to be done" <<<"$pending"; then
   exit 1
 fi
 if [ -d .dvc ] && [ -f dvc.yaml ]; then
-  dvc commit -f -q
+  "${PYTHON:-python3}" workflow/scripts/keep_mtimes.py dvc commit -f -q  # DVC may re-copy files (new mtimes)
   echo "run_all: outputs recorded in dvc.lock (share them with: make publish REMOTE=<s3://bucket/prefix or a path>)"
 fi
