@@ -99,11 +99,14 @@ def test_guard_refuses_invalid_params_and_writes_nothing(project_copy):
 def test_status_summary_has_one_line_per_stage_template():
     import dvc_status
 
+    totals = dvc_status.entries(ROOT / "dvc.yaml")
+    assert totals["purify"] == len(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["purify"]["foreach"])
+    assert totals["validate"] == totals["aggregate"] == 1
+
     status = {f"purify@d-m-a-{d}-600-0-0": [{"changed deps": {"src/backdoor/defenses/fip.py": "modified"}}]
               for d in ["fip", "fast_fip"]}
     status["report"] = [{"changed deps": {"src/backdoor/plots.py": "modified"}}, "changed command"]
     status["purify@d-m-a-ft-600-0-0"] = [{"changed deps": {"params.yaml": {"defenses.ft": "modified"}}}]
-    stages = [f"purify@d-m-a-{d}-600-0-0" for d in ["none", "ft", "fip", "fast_fip"]] + ["aggregate", "report"]
-    assert dvc_status.summary(status, stages) == [
+    assert dvc_status.summary(status, {"purify": 4, "aggregate": 1, "report": 1}) == [
         "purify: 3 of 4 entries changed: deps modified src/backdoor/defenses/fip.py; params modified defenses.ft",
         "report: 1 of 1 entry changed: deps modified src/backdoor/plots.py; command"]

@@ -20,11 +20,16 @@ def _paths(entries: dict, limit: int = 3) -> str:
     return ", ".join(paths[:limit]) + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
-def summary(status: dict, stages: list[str]) -> list[str]:
+def entries(dvc_yaml: Path) -> dict[str, int]:
+    """Entries per stage template of dvc.yaml (1 for a plain stage), in file order."""
+    import yaml
+
+    stages = yaml.load(dvc_yaml.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))["stages"]
+    return {name: len(stage["foreach"]) if "foreach" in stage else 1 for name, stage in stages.items()}
+
+
+def summary(status: dict, totals: dict[str, int]) -> list[str]:
     """Lines of ``group: n of m entries changed: reasons`` for a ``Repo.status()`` result."""
-    totals: dict[str, int] = defaultdict(int)
-    for name in stages:
-        totals[name.split("@")[0]] += 1
     changed: dict[str, int] = defaultdict(int)
     reasons: dict[str, dict[str, dict]] = defaultdict(lambda: defaultdict(dict))
     for name, changes in status.items():
@@ -83,8 +88,7 @@ def main() -> None:
     os.chdir(ROOT)
     with Repo(str(ROOT)) as repo:
         status = repo.status()
-        stages = [s.addressing for s in repo.index.stages]
-    lines = summary(status, stages)
+    lines = summary(status, entries(ROOT / "dvc.yaml"))
     print("\n".join(lines) if lines else "Data and pipelines are up to date.")
     sys.exit(1 if lines else 0)
 
