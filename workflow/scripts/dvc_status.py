@@ -1,4 +1,5 @@
-"""`dvc status`, one line per stage template: how many of its entries changed, and why.
+"""`dvc status`, one line per stage template: how many of its entries changed, and why; params.yaml
+is validated first.
 
     python workflow/scripts/dvc_status.py          (make status)
 
@@ -84,6 +85,10 @@ def main() -> None:
 
     from dvc.repo import Repo
 
+    sys.path.insert(0, str(ROOT / "workflow/scripts"))
+    from guard import check_params
+
+    check_params(ROOT)  # an invalid params.yaml is an error here too, not a changed stage
     read_params_once()
     os.chdir(ROOT)
     with Repo(str(ROOT)) as repo:
