@@ -69,6 +69,14 @@ def test_dvc_stages_are_the_snakemake_jobs_with_their_code(jobs):
         assert f"--allowed-rules {job.rule.name} " in stage.cmd and stage.cmd.endswith(" ".join(map(str, job.output)))
 
 
+def test_machine_local_settings_are_no_step_s_params():
+    from backdoor.params import MACHINE_LOCAL
+
+    for step in ["download", "prepare", "craft", "poison", "train", "purify", "aggregate", "report"]:
+        keys = step_keys(step, dataset="d", model="m", attack="a", defense="f")
+        assert not [k for k in keys if k.split(".")[0] in MACHINE_LOCAL], step
+
+
 def test_invalid_params_stop_snakemake_before_any_job(project_copy):
     params = yaml.safe_load((project_copy / "params.yaml").read_text())
     params["attack_defaults"]["poison_rate"] = 1.5

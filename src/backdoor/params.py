@@ -177,12 +177,8 @@ def model_params(config: dict, model: str) -> dict:
 
 
 # Settings of the machine, not of the results (a mirror of the same checksummed files, where to
-# compute): never a rerun trigger, so no step's keys; jobs read them from the config directly.
+# compute): never a rerun trigger, so in no step's keys; jobs read them from the config directly.
 MACHINE_LOCAL = ("data", "device")
-
-
-def machine_settings(config: dict) -> dict:
-    return {key: config[key] for key in MACHINE_LOCAL}
 
 
 def step_keys(step: str, **wc: str) -> list[str]:
