@@ -9,7 +9,8 @@ CORES ?= $(shell nproc)
 BIN := $(if $(findstring /,$(PYTHON)),$(abspath $(dir $(PYTHON))))
 export PATH := $(if $(BIN),$(BIN):)$(PATH)
 
-.PHONY: setup study test test-fast lint dvc.yaml bench clean
+.PHONY: setup study test test-fast lint dvc.yaml status verify publish fetch-results figures bench clean \
+	study-cause study-cifar10 study-full
 
 setup:  ## install system + Python dependencies into .venv (idempotent)
 	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
@@ -38,10 +39,36 @@ lint:  ## snakefmt and snakemake --lint on the workflow
 	snakemake --lint
 
 dvc.yaml:  ## regenerate dvc.yaml from the Snakemake DAG (after editing study: in params.yaml)
-	$(PYTHON) workflow/scripts/snake2dvc.py > dvc.yaml.tmp && mv dvc.yaml.tmp dvc.yaml
+	$(PYTHON) workflow/scripts/snake2dvc.py -o dvc.yaml
+
+status:  ## what DVC would rerun, one line per stage template
+	@$(PYTHON) workflow/scripts/dvc_status.py
+
+verify:  ## re-hash every output and its cache object against dvc.lock
+	$(PYTHON) workflow/scripts/verify_outputs.py --cache
+
+publish:  ## producer: verify, commit dvc.lock, dvc push (REMOTE=s3://bucket/prefix or a path; ENDPOINT=url for non-AWS S3)
+	PYTHON=$(PYTHON) workflow/scripts/publish.sh "$(REMOTE)" "$(ENDPOINT)"
+
+fetch-results:  ## consumer, in a fresh clone: dvc pull, verify every byte against dvc.lock, reconcile Snakemake
+	PYTHON=$(PYTHON) workflow/scripts/fetch_results.sh
+
+figures:  ## redraw the tables and figures from the published metrics alone (pulls them if missing; trains nothing)
+	dvc pull -q validate aggregate
+	dvc repro --force --single-item report
 
 bench:  ## every defense of params.yaml on the badnets model, as a table
 	$(PYTHON) benchmarks/purify.py --attack badnets --defenses $$($(PYTHON) -c "import yaml; print(','.join(yaml.safe_load(open('params.yaml'))['study']['defenses']))")
 
 clean:  ## remove pipeline outputs and logs (not the DVC cache, not .venv)
 	rm -rf data results logs .snakemake
+
+study-cause: setup  ## why the default resists purification (profiles/cause.yaml), then its tables
+	snakemake --cores $(CORES) --configfile profiles/cause.yaml all  # Snakemake only: dvc.yaml follows params.yaml
+	$(PYTHON) benchmarks/cause.py
+
+study-cifar10: setup  ## the seed papers' setting on CPU: CIFAR-10 × PreAct-ResNet18, 500 clean images
+	snakemake --cores $(CORES) --configfile profiles/cifar10.yaml all  # Snakemake only: dvc.yaml follows params.yaml
+
+study-full: setup  ## every attack × defense × 3 training seeds × 3 defense seeds × both models (days on 2 cores)
+	snakemake --cores $(CORES) --configfile profiles/full.yaml all  # Snakemake only: dvc.yaml follows params.yaml

@@ -32,6 +32,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/runners.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/attack.smk"
 include: "workflow/rules/defense.smk"

@@ -8,7 +8,7 @@ import torch
 from backdoor import device as D
 from backdoor import steps
 from backdoor.defenses import fast_fip, fip
-from backdoor.io import read_json, save_tensors
+from backdoor.io import read_record, save_tensors
 from backdoor.training import FitConfig, fit
 from conftest import tiny_cnn, tiny_data
 
@@ -77,5 +77,5 @@ def test_the_purify_step_records_precision_and_threads(tmp_path):
                      str(tmp_path / f"{precision}.pt"), str(out), ids={"attack": "badnets", "defense": "ft"},
                      defense_params={"type": "ft", "lr": 0.01, "iterations": 2, "batch_size": 8}, budget=20, seed=0,
                      device="cpu", precision=precision)
-        row = read_json(out)
+        row = read_record(out)  # threads are a timing: in the .time.json beside it
         assert row["precision"] == precision and row["threads"] == torch.get_num_threads() == 1

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -11,11 +12,24 @@ sys.path.insert(0, str(ROOT / "workflow/scripts"))
 
 import snake2dvc  # noqa: E402
 
+from backdoor import codedeps  # noqa: E402
+from backdoor.params import step_keys  # noqa: E402
 
-def test_dvc_yaml_describes_the_same_jobs_as_the_snakefile():
-    generated = snake2dvc.generate(ROOT / "Snakefile")
+
+@pytest.fixture(scope="module")
+def jobs():
+    return snake2dvc.snakemake_jobs(ROOT / "Snakefile")
+
+
+def test_dvc_yaml_is_generated_templated_and_short(jobs):
+    generated = snake2dvc.generate(ROOT / "Snakefile", jobs)
     committed = (ROOT / "dvc.yaml").read_text()
     assert generated == committed, "dvc.yaml is stale: run `make dvc.yaml` and commit it"
+    stages = yaml.safe_load(committed)["stages"]
+    rules = {"download", "prepare", "craft", "poison", "train", "purify", "smoothness", "aggregate", "report"}
+    assert set(stages) == rules | {snake2dvc.GUARD}  # one template per rule, plus the guard
+    assert all("foreach" in stages[r] for r in rules - {"aggregate", "report"})
+    assert len(committed.splitlines()) <= 500
 
 
 def snakemake_jobs_outputs(workdir: Path) -> set[str]:
@@ -29,13 +43,38 @@ def snakemake_jobs_outputs(workdir: Path) -> set[str]:
     return outputs
 
 
-def test_every_dvc_stage_is_a_snakemake_job_and_back():
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    dvc_outs = {o for s in stages.values() for o in s["outs"]}
+def test_dvc_stages_are_the_snakemake_jobs_with_their_code(jobs):
+    """DVC's own reading of dvc.yaml (templates resolved) against Snakemake's jobs: same outputs,
+    inputs, params keys, and code deps equal to the job's `code` param (what Snakemake tracks)."""
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        stages = {s.addressing: s for s in repo.index.stages}
+    assert set(stages) - {snake2dvc.GUARD} == {
+        f"{j.rule.name}@" + "-".join(str(j.wildcards_dict[w]) for w in snake2dvc.ordered_wildcards(j.rule.wildcard_names))
+        if j.wildcards_dict else j.rule.name for j in jobs}
+    dvc_outs = {str(o.def_path) for name, s in stages.items() if name != snake2dvc.GUARD for o in s.outs}
     assert dvc_outs == snakemake_jobs_outputs(ROOT)
-    for name, stage in stages.items():
-        rule = name.split("-")[0]
-        assert f"--allowed-rules {rule} " in stage["cmd"] and stage["cmd"].endswith(" ".join(stage["outs"]))
+    for job in jobs:
+        wc = {w: str(v) for w, v in job.wildcards_dict.items()}
+        name = job.rule.name + ("@" + "-".join(wc[w] for w in snake2dvc.ordered_wildcards(wc)) if wc else "")
+        stage = stages[name]
+        files = {d.def_path for d in stage.deps if d.def_path != "params.yaml"}
+        code = set(job.params.code)
+        assert files == {snake2dvc.MARKER} | set(map(str, job.input)) | code, name
+        assert code == set(codedeps.job_files(Path("workflow/scripts") / f"{job.rule.name}.py",
+                                              job.params.get("values", {}), ROOT))
+        params = [k for d in stage.deps if d.def_path == "params.yaml" for k in d.params]
+        assert sorted(params) == sorted(step_keys(job.rule.name, **wc)), name
+        assert f"--allowed-rules {job.rule.name} " in stage.cmd and stage.cmd.endswith(" ".join(map(str, job.output)))
+
+
+def test_machine_local_settings_are_no_step_s_params():
+    from backdoor.params import MACHINE_LOCAL
+
+    for step in ["download", "prepare", "craft", "poison", "train", "purify", "aggregate", "report"]:
+        keys = step_keys(step, dataset="d", model="m", attack="a", defense="f")
+        assert not [k for k in keys if k.split(".")[0] in MACHINE_LOCAL], step
 
 
 def test_invalid_params_stop_snakemake_before_any_job(project_copy):
@@ -59,4 +98,34 @@ def test_the_default_profile_is_loaded_by_plain_snakemake_runs():
     profile = yaml.safe_load((ROOT / "profiles/default/config.yaml").read_text())
     assert profile["rerun-incomplete"] is True
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert all(s["cmd"].startswith("snakemake ") and "--workflow-profile" not in s["cmd"] for s in stages.values())
+    cmds = [s.get("do", s)["cmd"] for name, s in stages.items() if name != snake2dvc.GUARD]  # foreach: do.cmd
+    assert cmds and all(c.startswith("snakemake ") and "--workflow-profile" not in c for c in cmds)
+def guard(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "workflow/scripts/guard.py", *args], cwd=cwd, capture_output=True,
+                          text=True)
+
+
+def test_guard_refuses_invalid_params_and_writes_nothing(project_copy):
+    """(A stale dvc.yaml is refused too: tests/test_e2e.py, by run_all.sh and by `dvc exp run`.)"""
+    params = yaml.safe_load((project_copy / "params.yaml").read_text())
+    params["attack_defaults"]["poison_rate"] = 1.5
+    (project_copy / "params.yaml").write_text(yaml.safe_dump(params))
+    run = guard(project_copy, "--marker", "results/validated.txt")
+    assert run.returncode == 1 and "attack_defaults.poison_rate: 1.5 is out of range" in run.stderr
+    assert "Nothing was run or deleted" in run.stderr and not (project_copy / "results").exists()
+
+
+def test_status_summary_has_one_line_per_stage_template():
+    import dvc_status
+
+    totals = dvc_status.entries(ROOT / "dvc.yaml")
+    assert totals["purify"] == len(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["purify"]["foreach"])
+    assert totals["validate"] == totals["aggregate"] == 1
+
+    status = {f"purify@d-m-a-{d}-600-0-0": [{"changed deps": {"src/backdoor/defenses/fip.py": "modified"}}]
+              for d in ["fip", "fast_fip"]}
+    status["report"] = [{"changed deps": {"src/backdoor/plots.py": "modified"}}, "changed command"]
+    status["purify@d-m-a-ft-600-0-0"] = [{"changed deps": {"params.yaml": {"defenses.ft": "modified"}}}]
+    assert dvc_status.summary(status, {"purify": 4, "aggregate": 1, "report": 1}) == [
+        "purify: 3 of 4 entries changed: deps modified src/backdoor/defenses/fip.py; params modified defenses.ft",
+        "report: 1 of 1 entry changed: deps modified src/backdoor/plots.py; command"]

@@ -1,7 +1,8 @@
 """Atomic file output and tensor/JSON I/O.
 
 Every artifact is written to a temporary file beside its destination and renamed into place, so an
-interrupted job never leaves a file that looks complete.
+interrupted job never leaves a file that looks complete. Outputs are byte-identical for identical
+inputs: wall-clock measurements go to a ``.time.json`` beside a record (``write_record``).
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def save_tensors(obj: Any, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save through an open file: given a path, torch names the archive inside after the
+    (random) temporary file, so equal contents would not give equal bytes."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def load_tensors(path: str | os.PathLike) -> Any:
@@ -60,3 +63,51 @@ def read_json(path: str | os.PathLike) -> Any:
 def write_text(text: str, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def is_timing(key: str) -> bool:
+    """Wall-clock fields of a record: ``*seconds*``, ``*_s`` (runtime_s, images_per_s), ``threads``."""
+    return key == "threads" or "seconds" in key or key.endswith("_s")
+
+
+def split_timings(record: dict) -> tuple[dict, dict]:
+    """(record without wall-clock fields, those fields), at any depth of nested dicts."""
+    kept, timings = {}, {}
+    for key, value in record.items():
+        if is_timing(key):
+            timings[key] = value
+        elif isinstance(value, dict):
+            kept[key], inner = split_timings(value)
+            if inner:
+                timings[key] = inner
+        else:
+            kept[key] = value
+    return kept, timings
+
+
+def timing_path(path: str | os.PathLike) -> Path:
+    """``x.json`` -> ``x.time.json``: where a record's wall-clock fields live."""
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(".json") + ".time.json")
+
+
+def write_record(record: dict, path: str | os.PathLike) -> None:
+    """A job's metrics: results in ``path`` (identical bytes for identical results), wall-clock
+    fields in ``timing_path(path)``."""
+    kept, timings = split_timings(record)
+    write_json(kept, path)
+    write_json(timings, timing_path(path))
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_record(path: str | os.PathLike) -> dict:
+    """A record with its wall-clock fields merged back (when its ``.time.json`` exists)."""
+    record = read_json(path)
+    timing = timing_path(path)
+    return _merge(record, read_json(timing)) if timing.exists() else record

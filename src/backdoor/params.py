@@ -88,20 +88,24 @@ def is_crafted(config: dict, attack: str) -> bool:
 
 # -- what each step reads -------------------------------------------------------------------------
 
-STEPS = ("download", "prepare", "craft", "poison", "train", "purify", "aggregate", "report")
+STEPS = ("download", "prepare", "craft", "poison", "train", "purify", "smoothness", "aggregate", "report")
+
+
+# Settings of the machine, not of the results (a mirror of the same checksummed files, where to
+# compute): never a rerun trigger, so in no step's keys; jobs read them from the config directly.
+MACHINE_LOCAL = ("data", "device")
 
 
 def step_keys(step: str, **wc: str) -> list[str]:
     """The dotted params.yaml keys a job of ``step`` depends on (DVC `params:`)."""
     keys = {
-        "download": ["data"],
+        "download": [],
         "prepare": ["splits"],
-        "craft": ["attack_defaults", f"attacks.{wc.get('attack')}", "device", "precision"],
+        "craft": ["attack_defaults", f"attacks.{wc.get('attack')}", "precision"],  # + the surrogate's file
         "poison": ["attack_defaults", f"attacks.{wc.get('attack')}"],
-        "train": ["train", f"models.{wc.get('model')}", "device", "precision"],
-        "purify": ["defense_defaults", f"defenses.{wc.get('defense')}", f"models.{wc.get('model')}", "device",
-                   "precision"],
-        "smoothness": ["analysis.smoothness", "device"],
+        "train": ["train", f"models.{wc.get('model')}", "precision"],
+        "purify": ["defense_defaults", f"defenses.{wc.get('defense')}", f"models.{wc.get('model')}", "precision"],
+        "smoothness": ["analysis.smoothness"],
         "aggregate": [],
         "report": [],
     }
@@ -111,14 +115,13 @@ def step_keys(step: str, **wc: str) -> list[str]:
 
 
 def _runtime(config: dict) -> dict:
-    return {"device": section(config, "device"), "precision": section(config, "precision")}
+    return {"precision": section(config, "precision")}
 
 
 def step_values(config: dict, step: str, **wc: str) -> dict:
     """The resolved values a job of ``step`` reads (plain data), derived only from ``step_keys``'."""
-    if step in ("download", "prepare"):
-        name = "data" if step == "download" else "splits"
-        return {name: section(config, name).to_dict()}
+    if step == "prepare":
+        return {"splits": section(config, "splits").to_dict()}
     if step == "poison":
         return {"attack": entry(config, "attacks", wc["attack"]).to_dict()}
     if step == "craft":

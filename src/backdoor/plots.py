@@ -7,6 +7,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+matplotlib.rcParams["svg.hashsalt"] = "backdoor"  # fixed SVG element ids: equal figures, equal bytes
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -17,7 +18,9 @@ from .io import atomic_path  # noqa: E402
 def _save(fig, paths) -> None:
     for path in paths:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=Path(path).suffix.lstrip("."), dpi=150, bbox_inches="tight")
+            fmt = Path(path).suffix.lstrip(".")
+            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight",
+                        metadata={"Date": None} if fmt == "svg" else None)  # no creation date
     plt.close(fig)
 
 

@@ -1,28 +1,21 @@
 """One function per DAG step: read inputs, call the library, write outputs atomically.
 
 The scripts in workflow/scripts/ only unpack Snakemake's arguments and call these, so every step
-can also be run (and tested) without Snakemake.
+can also be run (and tested) without Snakemake. Each step imports the library modules it uses
+inside its body: a job's code dependencies (backdoor.codedeps) are the modules its step imports.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
-from .attacks import AttackContext, build_attack
-from .data import get_dataset
-from .data.download import fetch_dataset, verify_dataset
-from .data.prepare import SplitParams, prepare
-from .data.tensors import TensorSet, TriggeredSet
-from .defenses import get_defense
-from .device import autocast, pick_device, resolve_precision
-from .io import load_tensors, read_json, save_tensors, write_json
-from .metrics import der, evaluate
-from .models import build_model, load_checkpoint, save_checkpoint
-from .schema.defenses import DEFENSES
-from .training import FitConfig, fit
+if TYPE_CHECKING:  # annotations only; each step imports what it runs
+    from .attacks import AttackContext
+    from .data.tensors import TensorSet, TriggeredSet
 
 
 def use_threads(threads: int) -> None:
@@ -34,7 +27,7 @@ def use_threads(threads: int) -> None:
 
 
 def runtime_info(dev: torch.device, precision: str) -> dict:
-    """What a job's timings depend on, recorded in its metrics json."""
+    """What a job's results and timings depend on, recorded in its metrics (threads with the timings)."""
     return {"device": str(dev), "precision": precision, "threads": torch.get_num_threads()}
 
 
@@ -46,11 +39,19 @@ def seed_generator(*parts) -> torch.Generator:
 
 
 def download(dataset: str, out_dir: str, data_params: dict) -> None:
+    from .data import get_dataset
+    from .data.download import fetch_dataset
+
     fetch_dataset(get_dataset(dataset), out_dir, mirror=data_params.get("mirror"),
                   allow_network=data_params.get("allow_network", True))
 
 
 def prepare_dataset(dataset: str, raw_dir: str, out_path: str, splits: dict) -> None:
+    from .data import get_dataset
+    from .data.download import verify_dataset
+    from .data.prepare import SplitParams, prepare
+    from .io import save_tensors
+
     verify_dataset(get_dataset(dataset), raw_dir)  # the raw files may have changed since download
     prepared = prepare(dataset, raw_dir, SplitParams(**splits))
     save_tensors(prepared, out_path)
@@ -59,12 +60,16 @@ def prepare_dataset(dataset: str, raw_dir: str, out_path: str, splits: dict) -> 
 
 
 def attack_context(prepared: dict) -> AttackContext:
+    from .attacks import AttackContext
+
     _, c, h, _ = prepared["train_x"].shape
     return AttackContext(num_classes=prepared["num_classes"], channels=c, size=h)
 
 
 def attacker_set(prepared: dict) -> TensorSet:
     """The attacker's clean training set (disjoint from the defender's pool)."""
+    from .data.tensors import TensorSet
+
     idx = prepared["attacker_idx"]
     return TensorSet(prepared["train_x"][idx], prepared["train_y"][idx])
 
@@ -72,6 +77,11 @@ def attacker_set(prepared: dict) -> TensorSet:
 def craft(prepared_path: str, surrogate_path: str, out_path: str, attack_id: str, attack_params: dict,
           device: str = "auto", precision: str = "auto") -> None:
     """Optimise a crafted attack's trigger or images against the clean surrogate model."""
+    from .attacks import build_attack
+    from .device import autocast, pick_device, resolve_precision
+    from .io import load_tensors, save_tensors
+    from .models import load_checkpoint
+
     start = time.perf_counter()
     prepared = load_tensors(prepared_path)
     attack = build_attack(attack_params["type"], attack_params, attack_context(prepared))
@@ -85,13 +95,17 @@ def craft(prepared_path: str, surrogate_path: str, out_path: str, attack_id: str
         asset = attack.craft(attacker_set(prepared), load_checkpoint(surrogate_path),
                              seed_generator("craft", attack_id, seed), dev)
     seconds = time.perf_counter() - start
-    save_tensors({**asset, "attack": attack_id, "params": attack_params, "craft_seconds": seconds,
-                  **runtime_info(dev, precision)}, out_path)
-    print(f"craft {attack_id}: {seconds:.1f} s")
+    save_tensors({**asset, "attack": attack_id, "params": attack_params, "device": str(dev),
+                  "precision": precision}, out_path)  # no timings: equal inputs, equal bytes
+    print(f"craft {attack_id}: {seconds:.1f} s with {torch.get_num_threads()} threads")
 
 
 def poison(prepared_path: str, out_path: str, attack_id: str, attack_params: dict,
            asset_path: str | None = None) -> None:
+    from .attacks import build_attack
+    from .data.tensors import TensorSet
+    from .io import load_tensors, save_tensors
+
     prepared = load_tensors(prepared_path)
     attack = build_attack(attack_params["type"], attack_params, attack_context(prepared))
     if attack.crafted:
@@ -114,18 +128,28 @@ def poison(prepared_path: str, out_path: str, attack_id: str, attack_params: dic
 
 
 def training_set(prepared: dict, poisoned: dict) -> TensorSet:
+    from .data.tensors import TensorSet
+
     images = attacker_set(prepared).x.clone()
     images[poisoned["modified_idx"]] = poisoned["modified_images"]
     return TensorSet(images, poisoned["labels"])
 
 
 def test_sets(prepared: dict, poisoned: dict) -> tuple[TensorSet, TriggeredSet]:
+    from .data.tensors import TensorSet, TriggeredSet
+
     return (TensorSet(prepared["test_x"], prepared["test_y"]),
             TriggeredSet(poisoned["test_x"], poisoned["test_y_true"], poisoned["test_y_target"]))
 
 
 def train(prepared_path: str, poisoned_path: str, model_out: str, metrics_out: str, model_params: dict,
           train_params: dict, seed: int, device: str = "auto", precision: str = "auto") -> None:
+    from .device import autocast, pick_device, resolve_precision
+    from .io import load_tensors, write_record
+    from .metrics import evaluate
+    from .models import build_model, save_checkpoint
+    from .training import FitConfig, fit
+
     start = time.perf_counter()
     prepared, poisoned = load_tensors(prepared_path), load_tensors(poisoned_path)
     dev = pick_device(device)
@@ -141,7 +165,7 @@ def train(prepared_path: str, poisoned_path: str, model_out: str, metrics_out: s
                      device=dev, desc=f"train {poisoned['attack']}")
         scores = evaluate(model, clean_test, triggered)
     save_checkpoint(model.cpu(), model_out)
-    write_json({**scores, "attack": poisoned["attack"], "n_poisoned": len(poisoned["poison_idx"]),
+    write_record({**scores, "attack": poisoned["attack"], "n_poisoned": len(poisoned["poison_idx"]),
                 "n_train": len(data), "seed": seed, "train_seconds": result.seconds,
                 "images_per_s": result.images_per_s, "final_loss": result.final_loss,
                 "runtime_s": time.perf_counter() - start, **runtime_info(dev, precision)}, metrics_out)
@@ -150,6 +174,8 @@ def train(prepared_path: str, poisoned_path: str, model_out: str, metrics_out: s
 
 def select_clean(prepared: dict, budget: int, sampling: str, gen: torch.Generator) -> TensorSet:
     """``budget`` images from the defender's pool: uniformly, or equally many per class."""
+    from .data.tensors import TensorSet
+
     pool = prepared["pool_idx"]
     if budget > len(pool):
         raise ValueError(f"clean budget {budget} exceeds the defender's pool of {len(pool)} images "
@@ -177,6 +203,9 @@ def smoothness(prepared_path: str, model_path: str, out_path: str, settings: dic
     """λ_max and Tr(H) of one model on the study's fixed batch of clean training images (fp32)."""
     from .analysis.smoothness import fixed_images
     from .analysis.smoothness import smoothness as measure
+    from .device import pick_device
+    from .io import load_tensors, write_record
+    from .models import load_checkpoint
 
     prepared = load_tensors(prepared_path)
     dev = pick_device(device)
@@ -184,7 +213,7 @@ def smoothness(prepared_path: str, model_path: str, out_path: str, settings: dic
                                   int(settings["images"]), int(settings["seed"]))
     result = measure(load_checkpoint(model_path), images, labels, power_iterations=int(settings["power_iterations"]),
                      probes=int(settings["probes"]), tol=float(settings["tol"]), seed=int(settings["seed"]), device=dev)
-    write_json({**result.as_dict(), "images": len(images), **runtime_info(dev, "fp32")}, out_path)
+    write_record({**result.as_dict(), "images": len(images), **runtime_info(dev, "fp32")}, out_path)
     print(f"smoothness {model_path}: λ_max {result.lambda_max:.4g}  Tr(H) {result.trace_h:.4g} ± "
           f"{result.trace_h_se:.2g}  ({result.seconds:.1f} s)")
 
@@ -196,6 +225,10 @@ def run_defense(prepared: dict, model, defense_id: str, defense_params: dict, bu
     random stream (per defense id), independently of the model's training seed.
 
     Returns (purified model, info, number of clean images, seconds the defense took)."""
+    from .defenses import get_defense
+    from .device import autocast
+    from .schema.defenses import DEFENSES
+
     defense_params = DEFENSES[defense_params["type"]].of(defense_params)  # typed, defaults filled in
     clean = select_clean(prepared, budget, defense_params.clean_sampling,
                          seed_generator("clean", budget, seed))
@@ -213,6 +246,11 @@ def purify(prepared_path: str, poisoned_path: str, model_path: str, model_metric
            defense_seed: int = 0, device: str = "auto", precision: str = "auto", arch: str | None = None) -> None:
     """Run one defense on one backdoored model (of architecture ``arch``, checked when given) and score
     it. The defense sees only the clean budget; the test sets are loaded after it returns."""
+    from .device import autocast, pick_device, resolve_precision
+    from .io import load_tensors, read_json, write_record
+    from .metrics import der, evaluate
+    from .models import load_checkpoint, save_checkpoint
+
     step_start = time.perf_counter()
     prepared = load_tensors(prepared_path)
     dev = pick_device(device)
@@ -225,7 +263,7 @@ def purify(prepared_path: str, poisoned_path: str, model_path: str, model_metric
         scores = evaluate(model, clean_test, triggered)
     before = read_json(model_metrics_path)
     save_checkpoint(model.cpu(), model_out)
-    write_json({**ids, "defense_type": defense_params["type"], "clean_budget": budget, "n_clean": n_clean,
+    write_record({**ids, "defense_type": defense_params["type"], "clean_budget": budget, "n_clean": n_clean,
                 "seed": seed, "defense_seed": defense_seed, **scores,
                 "der": der(before["acc"], before["asr"], scores["acc"], scores["asr"]),
                 "acc_before": before["acc"], "asr_before": before["asr"], "ra_before": before["ra"],

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .io import read_json, write_text
+from .io import read_record, write_json, write_text
 
 KEYS = ["dataset", "model", "attack", "defense", "clean_budget", "seed", "defense_seed"]
 COLUMNS = KEYS + ["acc", "asr", "ra", "der", "runtime_s", "n_clean", "acc_before", "asr_before",
@@ -21,9 +21,10 @@ SMOOTHNESS = ["lambda_max", "trace_h", "trace_h_se"]
 
 
 def write_metrics_csv(json_paths, out_path: str | Path, smoothness_paths=()) -> pd.DataFrame:
-    """Rows in the order given (the study's order in params.yaml), which tables and figures keep.
-    ``smoothness_paths``, when given, are the runs' smoothness jsons in the same order."""
-    rows = [read_json(p) for p in json_paths]
+    """Rows in the order given (the study's order in params.yaml), which tables and figures keep;
+    each run's wall-clock fields come from its ``.time.json``. ``smoothness_paths``, when given, are
+    the runs' smoothness records in the same order."""
+    rows = [read_record(p) for p in json_paths]
     if smoothness_paths:
         if len(smoothness_paths) != len(rows):
             raise ValueError(f"{len(smoothness_paths)} smoothness files for {len(rows)} runs")
@@ -31,6 +32,19 @@ def write_metrics_csv(json_paths, out_path: str | Path, smoothness_paths=()) -> 
     frame = pd.DataFrame([{c: row.get(c) for c in COLUMNS} for row in rows], columns=COLUMNS)
     write_text(frame.to_csv(index=False, float_format="%.4f"), out_path)
     return frame
+
+
+def write_metrics_json(frame: pd.DataFrame, out_path: str | Path) -> dict:
+    """The headline numbers for `dvc metrics show` / `dvc exp show`: mean ACC and ASR per dataset,
+    model, clean budget (``n600``), attack and defense (nested, so DVC names them
+    ``fashion_mnist.cnn.n600.badnets.ft.acc``)."""
+    tree: dict = {}
+    for (dataset, model, budget, attack, defense), part in frame.groupby(
+            ["dataset", "model", "clean_budget", "attack", "defense"], sort=False):
+        cell = tree.setdefault(dataset, {}).setdefault(model, {}).setdefault(f"n{budget}", {}).setdefault(attack, {})
+        cell[defense] = {"acc": round(float(part["acc"].mean()), 2), "asr": round(float(part["asr"].mean()), 2)}
+    write_json(tree, out_path)
+    return tree
 
 
 def _mean_std(series: pd.Series) -> str:

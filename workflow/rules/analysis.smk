@@ -3,7 +3,8 @@ rule smoothness:
         prepared="data/prepared/{dataset}.pt",
         model="results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.pt",
     output:
-        "results/smoothness/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.json",
+        metrics="results/smoothness/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.json",
+        timing="results/smoothness/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.time.json",
     log:
         "logs/smoothness/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.log",
     conda:
@@ -11,5 +12,6 @@ rule smoothness:
     threads: JOB_THREADS
     params:
         values=step_params("smoothness"),
+        code=code_params("smoothness"),
     script:
         "../scripts/smoothness.py"

@@ -11,6 +11,7 @@ rule craft:
     threads: JOB_THREADS
     params:
         values=step_params("craft"),
+        code=code_params("craft"),
     script:
         "../scripts/craft.py"
 
@@ -27,6 +28,7 @@ rule poison:
     threads: JOB_THREADS
     params:
         values=step_params("poison"),
+        code=code_params("poison"),
     script:
         "../scripts/poison.py"
 
@@ -38,6 +40,7 @@ rule train:
     output:
         model="results/models/{dataset}/{model}/{attack}/seed{seed}.pt",
         metrics="results/models/{dataset}/{model}/{attack}/seed{seed}.json",
+        timing="results/models/{dataset}/{model}/{attack}/seed{seed}.time.json",
     log:
         "logs/train/{dataset}/{model}/{attack}/seed{seed}.log",
     conda:
@@ -45,5 +48,6 @@ rule train:
     threads: JOB_THREADS
     params:
         values=step_params("train"),
+        code=code_params("train"),
     script:
         "../scripts/train.py"

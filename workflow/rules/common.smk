@@ -63,6 +63,7 @@ RUNS = [
     for run in PARAMS.study.runs()
 ]
 RUN_JSONS = [f"results/runs/{run}.json" for run in RUNS]
+RUN_TIMINGS = [f"results/runs/{run}.time.json" for run in RUNS]  # io.timing_path
 SMOOTHNESS_JSONS = (
     [f"results/smoothness/{run}.json" for run in RUNS]
     if PARAMS.analysis.smoothness.enabled

@@ -7,6 +7,7 @@ rule download:
         STUDY_ENV
     params:
         values=step_params("download"),
+        code=code_params("download"),
     script:
         "../scripts/download.py"
 
@@ -18,10 +19,11 @@ rule prepare:
         "data/prepared/{dataset}.pt",
     log:
         "logs/prepare/{dataset}.log",
+    threads: JOB_THREADS
     conda:
         STUDY_ENV
-    threads: JOB_THREADS
     params:
         values=step_params("prepare"),
+        code=code_params("prepare"),
     script:
         "../scripts/prepare.py"

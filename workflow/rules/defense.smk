@@ -7,6 +7,7 @@ rule purify:
     output:
         model="results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.pt",
         metrics="results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.json",
+        timing="results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.time.json",
     log:
         "logs/purify/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.log",
     conda:
@@ -14,5 +15,6 @@ rule purify:
     threads: JOB_THREADS
     params:
         values=step_params("purify"),
+        code=code_params("purify"),
     script:
         "../scripts/purify.py"

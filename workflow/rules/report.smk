@@ -1,13 +1,17 @@
 rule aggregate:
     input:
         runs=RUN_JSONS,
+        timings=RUN_TIMINGS,
         smoothness=SMOOTHNESS_JSONS,
     output:
-        "results/metrics.csv",
+        csv="results/metrics.csv",
+        json="results/metrics.json",
     log:
         "logs/aggregate.log",
     conda:
         STUDY_ENV
+    params:
+        code=code_params("aggregate"),
     script:
         "../scripts/aggregate.py"
 
@@ -22,5 +26,7 @@ rule report:
         "logs/report.log",
     conda:
         STUDY_ENV
+    params:
+        code=code_params("report"),
     script:
         "../scripts/report.py"

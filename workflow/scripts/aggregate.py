@@ -1,6 +1,9 @@
-"""Snakemake entry point: every run's metrics json (and smoothness json) → results/metrics.csv."""
+"""Snakemake entry point: every run's metrics json (and smoothness json) → results/metrics.csv and the
+headline metrics.json."""
 from backdoor import tables
 from backdoor.joblog import logged
 
 with logged(snakemake.log[0]):
-    tables.write_metrics_csv(snakemake.input.runs, snakemake.output[0], smoothness_paths=snakemake.input.smoothness)
+    frame = tables.write_metrics_csv(snakemake.input.runs, snakemake.output.csv,
+                                     smoothness_paths=snakemake.input.smoothness)
+    tables.write_metrics_json(frame, snakemake.output.json)

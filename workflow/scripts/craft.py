@@ -5,5 +5,5 @@ from backdoor.joblog import logged
 with logged(snakemake.log[0]):
     steps.use_threads(snakemake.threads)
     steps.craft(snakemake.input.prepared, snakemake.input.surrogate, snakemake.output[0],
-                snakemake.wildcards.attack, snakemake.params.values["attack"], snakemake.params.values["device"],
+                snakemake.wildcards.attack, snakemake.params.values["attack"], snakemake.config.get("device", "auto"),
                 snakemake.params.values["precision"])

@@ -3,4 +3,4 @@ from backdoor import steps
 from backdoor.joblog import logged
 
 with logged(snakemake.log[0]):
-    steps.download(snakemake.wildcards.dataset, snakemake.output[0], snakemake.params.values["data"])
+    steps.download(snakemake.wildcards.dataset, snakemake.output[0], snakemake.config.get("data") or {})  # machine-local

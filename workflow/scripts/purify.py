@@ -9,5 +9,5 @@ with logged(snakemake.log[0]):
     steps.purify(snakemake.input.prepared, snakemake.input.poisoned, snakemake.input.model,
                  snakemake.input.model_metrics, snakemake.output.model, snakemake.output.metrics,
                  ids=ids, defense_params=values["defense"], budget=int(w.budget), seed=int(w.seed),
-                 defense_seed=int(w.dseed),
-                 device=values["device"], precision=values["precision"], arch=values["arch"])
+                 defense_seed=int(w.dseed), device=snakemake.config.get("device", "auto"),
+                 precision=values["precision"], arch=values["arch"])

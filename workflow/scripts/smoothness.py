@@ -4,6 +4,5 @@ from backdoor.joblog import logged
 
 with logged(snakemake.log[0]):
     steps.use_threads(snakemake.threads)
-    values = snakemake.params.values
-    steps.smoothness(snakemake.input.prepared, snakemake.input.model, snakemake.output[0], values["smoothness"],
-                     values["device"])
+    steps.smoothness(snakemake.input.prepared, snakemake.input.model, snakemake.output.metrics,
+                     snakemake.params.values["smoothness"], snakemake.config.get("device", "auto"))

@@ -7,4 +7,4 @@ with logged(snakemake.log[0]):
     values = snakemake.params.values
     steps.train(snakemake.input.prepared, snakemake.input.poisoned, snakemake.output.model,
                 snakemake.output.metrics, values["model"], values["train"], int(snakemake.wildcards.seed),
-                values["device"], values["precision"])
+                snakemake.config.get("device", "auto"), values["precision"])
