@@ -186,7 +186,9 @@ def step_keys(step: str, **wc: str) -> list[str]:
         "train": ["train", f"models.{wc.get('model')}", "device", "precision"],
         "purify": ["defense_defaults", f"defenses.{wc.get('defense')}", "device", "precision"],
         "aggregate": [],
-        "report": [],
+        "report": ["figures"],
+        "features": ["figures.tsne", "device"],
+        "tsne": ["figures.tsne"],
     }
     if step not in keys:
         raise KeyError(f"unknown step {step!r}")
@@ -211,4 +213,10 @@ def step_values(config: dict, step: str, **wc: str) -> dict:
         return {"model": model_params(config, wc["model"]), "train": config["train"], **_runtime(config)}
     if step == "purify":
         return {"defense": defense_params(config, wc["defense"]), **_runtime(config)}
+    if step == "report":
+        return {"figures": config["figures"]}
+    if step == "features":
+        return {"tsne": config["figures"]["tsne"], "device": config["device"]}
+    if step == "tsne":
+        return {"tsne": config["figures"]["tsne"]}
     return {}

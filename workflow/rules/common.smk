@@ -18,7 +18,10 @@ except P.ParamsError as err:
 
 STUDY = config["study"]
 STUDY_ENV = "../../envs/study.yaml"  # for --sdm conda (relative to the rule files)
-CORES = workflow.cores or 1
+try:
+    CORES = workflow.cores or 1
+except WorkflowError:  # commands that run no job (--report, --lint) set no core count
+    CORES = 1
 # A training job uses up to 4 cores. With more --cores than the machine has CPUs, Snakemake would
 # start several multi-threaded jobs on the same CPUs, which slows torch down about tenfold: then
 # each training job claims every core, so they run one at a time.
@@ -62,5 +65,3 @@ RUN_JSONS = [
     "results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.json".format(**run)
     for run in P.study_runs(config)
 ]
-FIGURES = expand("results/figures/{name}.{ext}", name=["acc_asr", "runtime"], ext=["png", "svg"])
-REPORT_OUTPUTS = ["results/metrics.csv", "results/table.md", *FIGURES]

@@ -1,0 +1,1 @@
+"""Analyses of trained models: penultimate features (t-SNE); smoothness lives beside it."""
