@@ -1,6 +1,8 @@
 """Tables, figures, headline metrics and plot data from small metrics and feature fixtures."""
 
 import json
+import os
+import sys
 import re
 import shutil
 import subprocess
@@ -254,3 +256,76 @@ def test_extract_stores_a_fixed_subsample_and_embed_is_seeded(tmp_path):
     fig = plots.tsne_figure({"before (no defense)": e1, "fip": e2}, "t-SNE")
     plots.save(fig, [tmp_path / "tsne.png"])
     assert png_size_in(tmp_path / "tsne.png")[0] <= 7.2
+
+
+# -- profiles and DVC's views ------------------------------------------------------------------------
+
+def test_tradeoff_profile_is_generated_from_params():
+    sys.path.insert(0, str(ROOT / "workflow/scripts"))
+    import tradeoff_profile
+
+    assert (ROOT / "profiles/tradeoff.yaml").read_text() == tradeoff_profile.render(), \
+        "profiles/tradeoff.yaml is stale: python3 workflow/scripts/tradeoff_profile.py > profiles/tradeoff.yaml"
+    prof = yaml.safe_load((ROOT / "profiles/tradeoff.yaml").read_text())
+    for method, sweep in prof["figures"]["tradeoff"].items():
+        knob = sweep["knob"]
+        values = [CONFIG["defenses"][method][knob]] + [prof["defenses"][d][knob] for d in sweep["defenses"][1:]]
+        assert sweep["defenses"][0] == method and len(set(values)) == 5
+        for d in sweep["defenses"][1:]:  # a variant differs from its method in the knob only
+            assert {k: v for k, v in prof["defenses"][d].items() if k != knob} == \
+                   {k: v for k, v in CONFIG["defenses"][method].items() if k != knob}
+
+
+@pytest.mark.parametrize("profile,figure", [("sample_efficiency", "sample_efficiency"), ("tradeoff", "tradeoff")])
+def test_profiles_add_their_figure_to_the_dag(profile, figure):
+    out = subprocess.run(["snakemake", "-n", "--configfile", f"profiles/{profile}.yaml", "--cores", "1", "all"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"results/figures/{figure}.png" in out.stdout and "results/figures/tsne/" not in out.stdout
+
+
+def test_default_dag_draws_tsne_from_features_of_the_seed_methods():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    tsne = stages["tsne-fashion_mnist-cnn-badnets"]
+    methods = [p.split("/")[-2] for p in tsne["deps"] if p.startswith("results/features/")]
+    assert methods == ["none", "fip", "fast_fip", "nft", "fmp", "sibp"]
+    assert not any(p.startswith("results/runs/") or p.startswith("data/") for p in tsne["deps"])  # no models
+    feats = stages["features-fashion_mnist-cnn-badnets-fip-600-0-0"]
+    assert "results/runs/fashion_mnist/cnn/badnets/fip/n600_seed0_d0.pt" in feats["deps"]
+
+
+def dvc(cmd: str, cwd: Path) -> str:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    run = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, f"{cmd}: {run.stdout[-1500:]}{run.stderr[-1500:]}"
+    return run.stdout
+
+
+def test_dvc_metrics_plots_and_exp_show_print_the_report_numbers(tmp_path):
+    """The committed dvc.yaml's `metrics:` and `plots:` on report files made from a fixture."""
+    views = {k: v for k, v in yaml.safe_load((ROOT / "dvc.yaml").read_text()).items() if k in ("metrics", "plots")}
+    assert views["metrics"] == ["results/headline.json"]
+    declared = [next(iter(p)) for p in views["plots"]]
+    assert "results/plots/runtime_asr.csv" in declared and "results/plots/sample_efficiency_asr.csv" in declared
+    frame = metrics_fixture(budgets=(10, 600), defenses=["none", "ft", "fip", "fast_fip", "nft", "fmp", "sibp"])
+    (tmp_path / "results/plots").mkdir(parents=True)
+    frame.to_csv(tmp_path / "results/metrics.csv", index=False)
+    out = {"table": tmp_path / "t.md", "html": tmp_path / "t.html", "headline": tmp_path / "results/headline.json",
+           "data_runtime_asr": tmp_path / "results/plots/runtime_asr.csv",
+           "data_se_asr": tmp_path / "results/plots/sample_efficiency_asr.csv",
+           "data_se_acc": tmp_path / "results/plots/sample_efficiency_acc.csv",
+           "data_tradeoff": tmp_path / "results/plots/tradeoff.csv"}
+    report.write(tmp_path / "results/metrics.csv", out, figures=CONFIG["figures"],
+                 sweeps={"fip": {"knob": "eta_f", "defenses": ["fip"]}}, sweep_params={"fip": {"eta_f": 5e-3}})
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(views, sort_keys=False))
+    dvc("git init -q && dvc init -q && git add -A && git commit -qm fixture", tmp_path)
+    fip = json.loads(out["headline"].read_text())["fashion_mnist-cnn-n600"]["fip"]
+    shown = dvc("dvc metrics show", tmp_path)
+    assert "fashion_mnist-cnn-n600.fip.asr" in shown and f"{fip['asr']:.2f}".rstrip("0").rstrip(".") in shown
+    exp = dvc("dvc exp show --no-pager --csv", tmp_path)
+    assert "fashion_mnist-cnn-n600.fip.asr" in exp and str(fip["asr"]) in exp
+    plots = json.loads(dvc("dvc plots show --json", tmp_path))
+    assert "results/plots/runtime_asr.csv" in json.dumps(plots) and str(round(fip["seconds"], 2))[:5] in json.dumps(plots)
+    se = json.dumps(plots)
+    assert "badnets_fip" in se and "clean_budget" in se
