@@ -137,6 +137,7 @@ rule features:
         "results/features/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.pt",
     params:
         values=step_params("features"),
+    threads: 1
     log:
         "logs/features/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.log",
     conda:
@@ -160,6 +161,7 @@ rule tsne:
     params:
         values=step_params("tsne"),
         panels=lambda w: TSNE_DEFENSES[w.attack],
+    threads: 1
     log:
         "logs/tsne/{dataset}/{model}/{attack}.log",
     conda:

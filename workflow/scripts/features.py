@@ -1,7 +1,10 @@
 """Snakemake entry point: penultimate features of one model on a fixed test subsample (t-SNE)."""
 import contextlib
 
+from backdoor import steps
 from backdoor.analysis import features
+
+steps.use_threads(snakemake.threads)
 
 values = snakemake.params.values
 with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):

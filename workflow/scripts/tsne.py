@@ -1,12 +1,15 @@
 """Snakemake entry point: t-SNE of the stored features, before and after each seed method."""
 import contextlib
 
+from threadpoolctl import threadpool_limits
+
 from backdoor import plots
 from backdoor.analysis import features
 from backdoor.io import load_tensors
 
 w, tsne = snakemake.wildcards, snakemake.params.values["tsne"]
-with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+with (open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log),
+      threadpool_limits(snakemake.threads)):
     panels = {("before (no defense)" if d == "none" else d): features.embed(load_tensors(path), tsne["seed"],
                                                                            tsne["perplexity"])
               for d, path in zip(snakemake.params.panels, snakemake.input)}
