@@ -308,6 +308,7 @@ def smoothness_figure(frame: pd.DataFrame, methods, benign=BENIGN):
             if clean and not np.isnan(clean[0]):
                 ax.axhline(clean[0], color="black", ls="--", lw=0.8, label="benign model")
             ax.set_yscale("log")
+            ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
             ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_ylabel(f"{label}\n(log scale)")
