@@ -37,6 +37,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/attack.smk"
 include: "workflow/rules/defense.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/figures.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -29,7 +29,8 @@ ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COM
        "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1", "CORES": "2", "OMP_NUM_THREADS": "1",
        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 # Wall-clock records and what is made from them; every other output must be byte-identical.
-TIMING_DERIVED = re.compile(r"\.time\.json$|^results/metrics\.csv$|^results/table\.md$|^results/figures/runtime\.")
+TIMING_DERIVED = re.compile(r"\.time\.json$|^results/metrics\.csv$|^results/table\.(md|html)$|^results/tables/"
+                            r"|^results/headline\.json$|^results/plots/runtime_asr\.csv$|^results/figures/runtime_asr\.")
 
 
 def sh(cmd: str, cwd: Path, ok: bool = True) -> str:
@@ -43,11 +44,13 @@ def sh(cmd: str, cwd: Path, ok: bool = True) -> str:
 
 def tiny(params: dict) -> dict:
     params["splits"].update(clean_pool=100, train_limit=700, test_limit=300)
-    params["study"].update(attacks=["benign", "badnets", "blend", "trojan"], defenses=["none", "ft"],
-                           clean_budgets=[50], skip=[{"attacks": ["trojan"], "defenses": ["ft"]}])
+    params["study"].update(attacks=["benign", "badnets", "blend", "trojan"], defenses=["none", "ft", "fmp"],
+                           clean_budgets=[50], skip=[{"attacks": ["trojan"], "defenses": ["ft", "fmp"]}])
     params["attacks"]["trojan"]["iterations"] = 5  # a crafted attack: its craft step runs on the benign model
     params["train"]["epochs"] = 1
     params["defenses"]["ft"]["iterations"] = 5
+    params["defenses"]["fmp"].update(iterations=5, chunk_images=64)  # a seed method: features and t-SNE
+    params["figures"]["tsne"].update(clean_images=120, triggered_images=60)
     params["device"] = "cpu"
     params["analysis"]["smoothness"].update(images=50, power_iterations=5, probes=3)
     return params
@@ -101,7 +104,7 @@ def origin(tmp_path_factory):
 
 def test_snakemake_run_produces_the_study_outputs(origin):
     frame = pd.read_csv(origin / "results/metrics.csv")
-    assert len(frame) == 3 * 2 + 1  # trojan × ft is skipped
+    assert len(frame) == 3 * 3 + 1  # trojan × ft, fmp are skipped
     for column in ["dataset", "model", "attack", "defense", "seed", "defense_seed", "acc", "asr", "ra", "der",
                    "runtime_s", "n_clean", "precision", "threads", "lambda_max", "trace_h"]:
         assert column in frame.columns
@@ -116,11 +119,30 @@ def test_snakemake_run_produces_the_study_outputs(origin):
     assert set(headline["fashion_mnist"]["cnn"]["n50"]["badnets"]["ft"]) == {"acc", "asr"}
     table = (origin / "results/table.md").read_text()
     assert "| badnets | ft |" in table
-    for name in ["acc_asr", "runtime"]:
-        for ext in ["png", "svg"]:
+    for name in ["heatmaps", "runtime_asr", "smoothness", "tsne/fashion_mnist/cnn/badnets", "tsne/fashion_mnist/cnn/blend"]:
+        for ext in ["png", "svg", "pdf"]:
             assert (origin / f"results/figures/{name}.{ext}").stat().st_size > 1000
-    assert "<dc:date>" not in (origin / "results/figures/acc_asr.svg").read_text()
+    assert "<dc:date>" not in (origin / "results/figures/heatmaps.svg").read_text()
     assert "dvc.lock" in sh("git show --stat HEAD", origin)
+    assert r"\begin{tabular}" in (origin / "results/tables/fashion_mnist-cnn-n50.tex").read_text()
+
+
+def test_html_report_builds_as_the_readme_says(origin, tmp_path):
+    out = tmp_path / "report.html"
+    sh(f"snakemake --report {out}", origin)  # no --cores: exactly the README's command
+    html = out.read_text()
+    for part in ["heatmaps.png", "runtime_asr.png", "smoothness.png", "badnets.png", "table.html", "t-SNE"]:
+        assert part in html
+    commit = sh("git rev-parse --short=12 HEAD", origin).strip()
+    assert commit in html and "clean budgets 50" in html
+
+
+def test_dvc_shows_the_headline_metrics_and_plots(origin):
+    headline = json.loads((origin / "results/headline.json").read_text())
+    ft_asr = headline["fashion_mnist-cnn-n50"]["ft"]["asr"]
+    assert f"fashion_mnist-cnn-n50.ft.asr" in sh("dvc metrics show", origin)
+    assert str(ft_asr) in sh("dvc exp show --no-pager --csv", origin)
+    assert "runtime_asr.csv" in sh("dvc plots show --json", origin)
 
 
 def test_after_snakemake_dvc_has_nothing_to_do(origin):
@@ -142,10 +164,14 @@ def test_figures_are_regenerated_from_the_pulled_metrics_alone(origin, tmp_path)
     assert "Running stage 'report'" in out
     assert (consumer / "restyled-plots-were-used").exists()  # the clone's code ran, not an installed copy
     assert "Running stage 'train" not in out and "Running stage 'purify" not in out
-    for name in ["acc_asr", "runtime"]:
+    for name in ["heatmaps", "runtime_asr"]:
         assert (consumer / f"results/figures/{name}.png").stat().st_size > 1000
     assert (consumer / "results/metrics.csv").exists()
+    out = sh("dvc repro --pull --allow-missing tsne@fashion_mnist-cnn-badnets", consumer)  # from stored features
+    assert "Running stage 'tsne@fashion_mnist-cnn-badnets'" in out and "Running stage 'features" not in out
+    assert (consumer / "results/figures/tsne/fashion_mnist/cnn/badnets.png").stat().st_size > 1000
     assert not (consumer / "results/models").exists() and not (consumer / "data/prepared").exists()
+    assert not (consumer / "results/runs").exists()
 
 
 def test_dvc_repro_from_scratch_gives_the_same_bytes_and_snakemake_agrees(origin, tmp_path):
@@ -153,7 +179,7 @@ def test_dvc_repro_from_scratch_gives_the_same_bytes_and_snakemake_agrees(origin
     sh("dvc repro --no-run-cache", consumer)  # compute everything, no shortcuts through the cache
     assert nothing_to_do(consumer)
     frame = pd.read_csv(consumer / "results/metrics.csv")
-    assert len(frame) == 7
+    assert len(frame) == 10
     ours, theirs = locked_outs(consumer), locked_outs(origin)
     assert ours.keys() == theirs.keys()
     differ = {path for path in ours if ours[path] != theirs[path]}
@@ -162,7 +188,7 @@ def test_dvc_repro_from_scratch_gives_the_same_bytes_and_snakemake_agrees(origin
     ref = pd.read_csv(origin / "results/metrics.csv")
     assert frame[timing_free].equals(ref[timing_free])
     sh("git checkout dvc.lock", consumer)  # the committed hashes; only timings differ from them
-    assert "results/figures/acc_asr.png" not in sh("dvc status", consumer)
+    assert "results/figures/heatmaps.png" not in sh("dvc status", consumer)
 
 
 # -- sharing through S3 (moto) ---------------------------------------------------------------------
@@ -220,7 +246,7 @@ def test_s3_round_trip_fresh_clone_redraws_the_figures_with_zero_training(s3_pro
     assert locked_outs(consumer) == locked_outs(s3_producer)
     figures_only = clone(s3_producer, tmp_path / "figures-only")  # metrics only: no models downloaded
     out = sh("make figures", figures_only)
-    assert "Running stage 'report'" in out and (figures_only / "results/figures/acc_asr.png").exists()
+    assert "Running stage 'report'" in out and (figures_only / "results/figures/heatmaps.png").exists()
     assert not (figures_only / "results/models").exists() and not (figures_only / "data").exists()
 
 
@@ -275,7 +301,8 @@ def test_exp_run_reruns_only_the_ft_cells_and_exp_show_lists_them(origin, tmp_pa
     sh("make fetch-results", consumer)
     out = sh("dvc exp run -S defenses.ft.lr=0.02", consumer)
     ran = set(re.findall(r"Running stage '([^']+)'", out))
-    ft = {f"purify@fashion_mnist-cnn-{a}-ft-50-0-0" for a in ["benign", "badnets", "blend"]}
+    ft = {f"{rule}@fashion_mnist-cnn-{a}-ft-50-0-0" for a in ["benign", "badnets", "blend"]
+          for rule in ("purify", "smoothness")}
     assert ran == ft | {"validate", "aggregate", "report"}, ran
     rows = list(csv.DictReader(io.StringIO(sh("dvc exp show --csv", consumer))))
     experiment = next(r for r in rows if r["Experiment"])  # the named experiment row

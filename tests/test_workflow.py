@@ -26,7 +26,8 @@ def test_dvc_yaml_is_generated_templated_and_short(jobs):
     committed = (ROOT / "dvc.yaml").read_text()
     assert generated == committed, "dvc.yaml is stale: run `make dvc.yaml` and commit it"
     stages = yaml.safe_load(committed)["stages"]
-    rules = {"download", "prepare", "craft", "poison", "train", "purify", "smoothness", "aggregate", "report"}
+    rules = {"download", "prepare", "craft", "poison", "train", "purify", "smoothness", "features", "tsne",
+             "aggregate", "report"}
     assert set(stages) == rules | {snake2dvc.GUARD}  # one template per rule, plus the guard
     assert all("foreach" in stages[r] for r in rules - {"aggregate", "report"})
     assert len(committed.splitlines()) <= 500

@@ -88,7 +88,8 @@ def is_crafted(config: dict, attack: str) -> bool:
 
 # -- what each step reads -------------------------------------------------------------------------
 
-STEPS = ("download", "prepare", "craft", "poison", "train", "purify", "smoothness", "aggregate", "report")
+STEPS = ("download", "prepare", "craft", "poison", "train", "purify", "smoothness", "aggregate", "report",
+         "features", "tsne")
 
 
 # Settings of the machine, not of the results (a mirror of the same checksummed files, where to
@@ -107,7 +108,9 @@ def step_keys(step: str, **wc: str) -> list[str]:
         "purify": ["defense_defaults", f"defenses.{wc.get('defense')}", f"models.{wc.get('model')}", "precision"],
         "smoothness": ["analysis.smoothness"],
         "aggregate": [],
-        "report": [],
+        "report": ["figures"],
+        "features": ["figures.tsne"],
+        "tsne": ["figures.tsne"],
     }
     if step not in keys:
         raise KeyError(f"unknown step {step!r}")
@@ -134,4 +137,10 @@ def step_values(config: dict, step: str, **wc: str) -> dict:
                 "arch": entry(config, "models", wc["model"]).kind, **_runtime(config)}
     if step == "smoothness":
         return {"smoothness": section(config, "analysis").smoothness.to_dict(), **_runtime(config)}
+    if step == "report":
+        return {"figures": section(config, "figures").to_dict()}
+    if step == "features":
+        return {"tsne": section(config, "figures").tsne.to_dict()}
+    if step == "tsne":
+        return {"tsne": section(config, "figures").tsne.to_dict()}
     return {}

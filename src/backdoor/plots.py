@@ -1,91 +1,356 @@
-"""Figures from results/metrics.csv: ACC and ASR per attack and defense, and runtime per defense."""
+"""Figures from results/metrics.csv and the stored penultimate features, sized for print.
+
+Widths are a paper's: ``SINGLE`` (one column, 3.3 in) and ``DOUBLE`` (7 in), with 6–8 pt text, so
+a figure included at its natural size is legible. Every function returns a matplotlib figure;
+``save`` writes it (png at 300 dpi, svg, pdf) atomically.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 matplotlib.rcParams["svg.hashsalt"] = "backdoor"  # fixed SVG element ids: equal figures, equal bytes
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.colors import TwoSlopeNorm  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 
+from . import tables  # noqa: E402
 from .io import atomic_path  # noqa: E402
 
+SINGLE, DOUBLE = 3.3, 7.0  # inches
+STYLE = {"font.size": 7, "axes.titlesize": 7.5, "axes.labelsize": 7, "xtick.labelsize": 6.5,
+         "ytick.labelsize": 6.5, "legend.fontsize": 6.5, "legend.title_fontsize": 6.5, "axes.linewidth": 0.6,
+         "lines.linewidth": 1.0, "lines.markersize": 4, "svg.fonttype": "none", "pdf.fonttype": 42}
+KNOB_LABELS = {"eta_f": r"$\eta_F$", "floor_alpha": "mask floor α", "prune_ratio": "prune ratio", "u": "u", "lr": "lr"}
+BENIGN = ("benign",)
 
-def _save(fig, paths) -> None:
-    for path in paths:
+
+def _style():
+    return plt.rc_context(STYLE)
+
+
+def save(fig, paths) -> None:
+    for path in map(Path, paths):
         with atomic_path(path) as tmp:
-            fmt = Path(path).suffix.lstrip(".")
-            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight",
-                        metadata={"Date": None} if fmt == "svg" else None)  # no creation date
+            fig.savefig(tmp, format=path.suffix.lstrip("."), dpi=300, bbox_inches="tight", pad_inches=0.02,
+                        metadata={"Date": None} if path.suffix == ".svg" else None)
     plt.close(fig)
 
 
-def _heatmap(ax, table: pd.DataFrame, title: str, cmap: str) -> None:
+def _groups(frame: pd.DataFrame):
+    return list(frame.groupby(tables.GROUP, sort=False))
+
+
+def _group_title(dataset, model, budget) -> str:
+    return f"{dataset} · {model} · {budget} clean images"
+
+
+def _colors(names) -> dict:
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
+
+
+# -- main heatmaps -------------------------------------------------------------------------------
+
+def _heatmap(ax, table: pd.DataFrame, cmap, norm, fmt: str, dark) -> object:
     values = table.to_numpy(dtype=float)
-    image = ax.imshow(values, cmap=cmap, vmin=0, vmax=100, aspect="auto")
-    ax.set_xticks(range(table.shape[1]), table.columns, rotation=45, ha="right")
+    image = ax.imshow(values, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(table.shape[1]), table.columns, rotation=45, ha="right", rotation_mode="anchor")
     ax.set_yticks(range(table.shape[0]), table.index)
-    ax.set_xlabel("defense")
-    ax.set_ylabel("attack")
-    ax.set_title(title)
-    ax.set_facecolor("0.92")  # cells not in the study (study.skip) stay grey and say so
+    ax.set_facecolor("0.85")  # cells not in the study (study.skip) stay grey and say so
+    ax.tick_params(length=0)
+    small = 6 if table.shape[1] <= 16 else 5
     for (i, j), v in np.ndenumerate(values):
         if np.isnan(v):
-            ax.text(j, i, "—", ha="center", va="center", fontsize=8, color="0.55")
+            ax.text(j, i, "—", ha="center", va="center", fontsize=small, color="0.45")
         else:
-            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8,
-                    color="white" if v > 60 else "black")  # both colour maps are dark at 100
+            ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=small,
+                    color="white" if dark(v) else "black")
     return image
 
 
-def acc_asr_figure(frame: pd.DataFrame):
-    groups = list(frame.groupby(["dataset", "model", "clean_budget"], sort=False))
-    n_def = frame["defense"].nunique()
-    n_att = frame["attack"].nunique()
-    width = max(8.0, 2 * (1.2 + 0.55 * n_def))
-    fig, axes = plt.subplots(len(groups), 2, figsize=(width, (1.6 + 0.45 * n_att) * len(groups)), squeeze=False)
-    for row, ((dataset, model, budget), part) in enumerate(groups):
-        means = part.groupby(["attack", "defense"], sort=False)[["acc", "asr"]].mean()
-        order_a, order_d = part["attack"].unique(), part["defense"].unique()
-        for col, (metric, label, cmap) in enumerate([("acc", "clean accuracy ACC (%)", "Blues"),
-                                                    ("asr", "attack success rate ASR (%)", "Reds")]):
-            table = means[metric].unstack("defense").reindex(index=order_a, columns=order_d)
-            image = _heatmap(axes[row, col], table, f"{label}\n{dataset} · {model} · {budget} clean", cmap)
-            fig.colorbar(image, ax=axes[row, col], fraction=0.046, pad=0.04)
-    fig.tight_layout()
+def heatmap_figure(frame: pd.DataFrame):
+    """ΔACC against the undefended model (diverging, 0 = white) and ASR (0–100) per attack and defense."""
+    groups = _groups(frame)
+    n_att, n_def = frame["attack"].nunique(), frame["defense"].nunique()
+    panel_h = 0.55 + 0.2 * n_att
+    width = DOUBLE if n_def <= 16 else DOUBLE * n_def / 16
+    with _style():
+        fig, axes = plt.subplots(2 * len(groups), 1, figsize=(width, (2 * panel_h + 0.5) * len(groups)),
+                                 squeeze=False, layout="constrained")
+        for g, ((dataset, model, budget), part) in enumerate(groups):
+            part = part.assign(dacc=part["acc"] - part["acc_before"])
+            drop, _ = tables.pivot(part, "dacc")
+            asr, _ = tables.pivot(part, "asr")
+            limit = max(1.0, float(np.ceil(np.nanmax(np.abs(drop.to_numpy(dtype=float))))))
+            ax = axes[2 * g, 0]
+            img = _heatmap(ax, drop, "RdBu", TwoSlopeNorm(0, -limit, limit), "+.1f", lambda v: abs(v) > 0.6 * limit)
+            fig.colorbar(img, ax=ax, fraction=0.03, pad=0.01, aspect=8).set_label("ΔACC (points)")
+            ax.set_title(f"ACC change against the undefended model (points) — {_group_title(dataset, model, budget)}",
+                         loc="left")
+            ax.set_xticklabels([])
+            ax = axes[2 * g + 1, 0]
+            img = _heatmap(ax, asr, "Reds", plt.Normalize(0, 100), ".1f", lambda v: v > 60)
+            fig.colorbar(img, ax=ax, fraction=0.03, pad=0.01, aspect=8).set_label("ASR (%)")
+            ax.set_title("attack success rate after purification, ASR (%)", loc="left")
+            ax.set_xlabel("defense")
+            for a in (axes[2 * g, 0], axes[2 * g + 1, 0]):
+                a.set_ylabel("attack")
     return fig
 
 
-def runtime_figure(frame: pd.DataFrame):
-    stats = frame.groupby("defense", sort=False)["runtime_s"].agg(["mean", "min", "max"])
-    stats = stats.iloc[::-1]  # first defense on top
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.4 * len(stats)))
-    y = np.arange(len(stats))
-    ax.barh(y, stats["mean"], color="tab:gray",
-            xerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]], capsize=3)
-    ax.set_yticks(y, stats.index)
-    ax.set_xlabel("wall time of the purify step (s), mean over attacks; bars: min–max")
-    ax.set_ylabel("defense")
-    ax.set_title("Runtime per defense")
-    for yi, mean, top in zip(y, stats["mean"], stats["max"]):
-        ax.text(top, yi, f"  {mean:.1f} s", va="center", fontsize=8)  # right of the error bar
-    ax.set_xlim(0, max(1.0, float(stats["max"].max())) * 1.3)
-    fig.tight_layout()
+# -- labels that do not overlap --------------------------------------------------------------------
+
+OFFSETS = [(5, 2), (5, -7), (-5, 2), (-5, -7), (0, 6), (0, -10)] + [
+    (round(r * np.cos(a)), round(r * np.sin(a)) - 3) for r in (12, 20, 30, 42, 56) for a in np.linspace(0, 2 * np.pi, 12, endpoint=False)]
+
+
+def place_labels(ax, xs, ys, texts, fontsize=6) -> list:
+    """Annotate points, trying offsets until a label overlaps neither an earlier label nor a marker
+    nor leaves the axes (far ones get a leader line); returns the text artists."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axbox = ax.get_window_extent(renderer)
+    points = [ax.transData.transform((x, y)) for x, y in zip(xs, ys)]
+    pad = 3.5 * fig.dpi / 72  # a marker's radius, in pixels
+    taken = [t.get_window_extent(renderer).expanded(1.04, 1.2) for t in ax.texts]  # labels already there
+    artists = []
+    for (x, y), text in zip(zip(xs, ys), texts):
+        chosen = None
+        for dx, dy in OFFSETS:
+            ha = "left" if dx > 0 else "right" if dx < 0 else "center"
+            far = abs(dx) + abs(dy) > 14
+            art = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                              ha=ha, va="bottom",
+                              arrowprops=dict(arrowstyle="-", lw=0.4, color="0.5", shrinkA=0, shrinkB=2) if far else None)
+            art.update_positions(renderer)
+            box = Text.get_window_extent(art, renderer).expanded(1.04, 1.08)  # the text, not its leader line
+            clash = (any(box.overlaps(b) for b in taken)
+                     or any(box.x0 - pad < px < box.x1 + pad and box.y0 - pad < py < box.y1 + pad for px, py in points)
+                     or box.x0 < axbox.x0 or box.x1 > axbox.x1 or box.y0 < axbox.y0 or box.y1 > axbox.y1)
+            if not clash:
+                chosen = (art, box)
+                break
+            art.remove()
+        if chosen is None:  # nothing free: the first offset
+            art = ax.annotate(text, (x, y), xytext=OFFSETS[0], textcoords="offset points", fontsize=fontsize)
+            chosen = (art, art.get_window_extent(renderer))
+        taken.append(chosen[1])
+        artists.append(chosen[0])
+    return artists
+
+
+# -- runtime against effectiveness -----------------------------------------------------------------
+
+def runtime_figure(frame: pd.DataFrame, benign=BENIGN):
+    """Seconds per purification (mean ± std, log x) against mean ASR after, one point per defense."""
+    stats = tables.runtime_effect(frame, benign)
+    groups = list(stats.groupby(tables.GROUP, sort=False))
+    with _style():
+        cols = min(2, len(groups))
+        rows = -(-len(groups) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(SINGLE * cols + 0.2 * (cols - 1), 2.7 * rows), squeeze=False)
+        for ax in axes.flat[len(groups):]:
+            ax.axis("off")
+        labels = []
+        for ax, ((dataset, model, budget), part) in zip(axes.flat, groups):
+            none = part[part["defense"] == tables.UNDEFENDED]
+            part = part[(part["defense"] != tables.UNDEFENDED) & (part["runtime_s"] > 0)]
+            colors = _colors(list(part["defense"]))
+            for row in part.itertuples(index=False):
+                err = 0 if np.isnan(row.runtime_std) else row.runtime_std
+                lower = min(err, row.runtime_s * 0.95)  # log axis: keep the bar above 0
+                ax.errorbar(row.runtime_s, row.asr, xerr=[[lower], [err]], fmt="o", color=colors[row.defense],
+                            ms=4, capsize=2, elinewidth=0.7, mec="black", mew=0.4)
+            if not none.empty:
+                ax.axhline(none["asr"].iloc[0], color="0.4", ls="--", lw=0.7)
+                ax.text(0.99, none["asr"].iloc[0], "undefended", transform=ax.get_yaxis_transform(),
+                        ha="right", va="bottom", fontsize=6, color="0.3")
+            ax.set_xscale("log")
+            ax.set_ylim(-4, 109)
+            lo, hi = part["runtime_s"].min(), part["runtime_s"].max()
+            ax.set_xlim(lo / 3, hi * 4)  # room for the labels
+            ax.set_xlabel("purification wall time (s, log scale; mean ± std)")
+            ax.set_ylabel("ASR after purification (%)")
+            attacks = part["attacks"].iloc[0] if len(part) else ""
+            ax.set_title(f"{_group_title(dataset, model, budget)}\nASR: mean over {attacks.replace(' ', ', ')}",
+                         fontsize=6.5)
+            ax.grid(True, which="major", lw=0.3, alpha=0.5)
+            labels.append((ax, part))
+        fig.tight_layout()  # before the labels: they are placed in the final geometry
+        for ax, part in labels:
+            place_labels(ax, list(part["runtime_s"]), list(part["asr"]), list(part["defense"]))
     return fig
 
 
-def write_figures(csv_path: str | Path, out_paths) -> None:
-    """``out_paths``: acc_asr.{png,svg} and runtime.{png,svg}, matched by file name."""
-    frame = pd.read_csv(csv_path)
-    by_name: dict[str, list[str]] = {}
-    for path in map(str, out_paths):
-        by_name.setdefault(Path(path).stem, []).append(path)
-    makers = {"acc_asr": acc_asr_figure, "runtime": runtime_figure}
-    for name, paths in by_name.items():
-        if name not in makers:
-            raise ValueError(f"no figure called {name!r}; known: {', '.join(makers)}")
-        _save(makers[name](frame), paths)
+# -- sample efficiency -----------------------------------------------------------------------------
+
+def sample_efficiency_figure(frame: pd.DataFrame, attacks, defenses):
+    """ASR and ACC against the clean budget (log x), a line per defense, error bars = std over runs."""
+    stats = tables.sample_efficiency(frame, attacks, defenses)
+    panels = list(stats.groupby(["dataset", "model", "attack"], sort=False))
+    undefended = frame[frame["defense"] == tables.UNDEFENDED].groupby(["dataset", "model", "attack"])[["acc", "asr"]].mean()
+    budgets = sorted(stats["clean_budget"].unique())
+    colors = _colors([d for d in defenses if d in set(stats["defense"])])
+    with _style():
+        fig, axes = plt.subplots(2, len(panels), figsize=(DOUBLE, 4.0), squeeze=False, sharex=True)
+        for col, ((dataset, model, attack), part) in enumerate(panels):
+            for row, (metric, label) in enumerate([("asr", "ASR (%)"), ("acc", "ACC (%)")]):
+                ax = axes[row, col]
+                for defense, curve in part.groupby("defense", sort=False):
+                    ax.errorbar(curve["clean_budget"], curve[metric], yerr=curve[f"{metric}_std"].fillna(0),
+                                color=colors[defense], marker="o", ms=3, capsize=2, elinewidth=0.7, label=defense)
+                if (dataset, model, attack) in undefended.index:
+                    ax.axhline(undefended.loc[(dataset, model, attack), metric], color="0.4", ls="--", lw=0.7,
+                               label="undefended")
+                ax.set_xscale("log")
+                ax.set_xticks(budgets, [str(b) for b in budgets])
+                ax.minorticks_off()
+                ax.grid(True, lw=0.3, alpha=0.5)
+                if row == 0:
+                    ax.set_title(f"{attack} ({dataset} · {model})")
+                    ax.set_ylim(-4, 104)
+                else:
+                    ax.set_xlabel("clean images given to the defense (log scale)")
+                if col == 0:
+                    ax.set_ylabel(label)
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), frameon=False,
+                   bbox_to_anchor=(0.5, 1.0))
+        fig.tight_layout()
+    return fig
+
+
+# -- trade-off frontiers ---------------------------------------------------------------------------
+
+def _value(v: float) -> str:
+    return f"{v:g}"
+
+
+def tradeoff_figure(points: pd.DataFrame):
+    """ASR against ACC as each method's knob sweeps: a curve per method, the study's value starred.
+    A panel per attack on which some method was swept (two or more values)."""
+    keys = ["dataset", "model", "clean_budget", "attack"]
+    swept = points.groupby(keys + ["method"], sort=False)["value"].nunique().groupby(keys, sort=False).max()
+    panels = [(key, points.set_index(keys).loc[key].reset_index()) for key in swept[swept > 1].index]
+    methods = list(points["method"].unique())
+    colors = _colors(methods)
+    cols = min(2, len(panels))
+    rows = -(-len(panels) // cols)
+    with _style():
+        fig, axes = plt.subplots(rows, cols, figsize=(DOUBLE, 2.9 * rows + 0.4), squeeze=False, layout="constrained")
+        for ax in axes.flat[len(panels):]:
+            ax.axis("off")
+        for ax, ((dataset, model, budget, attack), part) in zip(axes.flat, panels):
+            for method in methods:
+                curve = part[part["method"] == method].sort_values("value")
+                if curve.empty:
+                    continue
+                knob = KNOB_LABELS.get(curve["knob"].iloc[0], curve["knob"].iloc[0])
+                values = curve["value"]
+                ax.plot(curve["acc"], curve["asr"], "-o", color=colors[method], ms=3,
+                        label=f"{method} ({knob} {_value(values.min())} → {_value(values.max())})")
+                ax.plot(curve["acc"].iloc[:1], curve["asr"].iloc[:1], "o", color="white", mec=colors[method], ms=3)
+                star = curve[curve["study"]]
+                ax.plot(star["acc"], star["asr"], "*", color=colors[method], ms=9, mec="black", mew=0.5)
+            ax.set_xlabel("ACC after purification (%)")
+            ax.set_ylabel("ASR after purification (%)")
+            ax.set_ylim(-4, 104)
+            ax.grid(True, lw=0.3, alpha=0.5)
+            ax.set_title(f"{attack} ({dataset} · {model} · {budget} clean)")
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        handles += [plt.Line2D([], [], ls="", marker="o", color="white", mec="0.3", ms=3),
+                    plt.Line2D([], [], ls="", marker="*", color="white", mec="black", ms=8)]
+        labels += ["smallest value (hollow)", "the study's value"]
+        fig.legend(handles, labels, loc="outside upper center", ncol=3, frameon=False,
+                   title="method (knob: smallest → largest value)")
+    return fig
+
+
+# -- smoothness -----------------------------------------------------------------------------------
+
+SMOOTHNESS = {"lambda_max": r"largest Hessian eigenvalue $\lambda_{\max}$", "trace_h": "Hessian trace Tr(H)"}
+
+
+def has_smoothness(frame: pd.DataFrame) -> bool:
+    return all(c in frame.columns for c in SMOOTHNESS) and frame[list(SMOOTHNESS)].notna().any().all()
+
+
+def smoothness_figure(frame: pd.DataFrame, methods, benign=BENIGN):
+    """λ_max and Tr(H) per attack (log y): the backdoored model and each seed method's purified one;
+    a dashed line for the benign model. Without measurements, a figure that says so."""
+    with _style():
+        if not has_smoothness(frame):
+            fig, ax = plt.subplots(figsize=(SINGLE, 0.8))
+            ax.axis("off")
+            ax.text(0.5, 0.5, "No smoothness measurements: metrics.csv has no values in\n"
+                    "lambda_max / trace_h, so this figure is left empty.", ha="center", va="center", fontsize=7)
+            return fig
+        (dataset, model, budget), part = _groups(frame)[0]
+        attacks = tables.backdoor_attacks(part, benign)
+        bars = [tables.UNDEFENDED] + [m for m in methods if m in set(part["defense"])]
+        colors = dict(zip(bars, ["0.25"] + [plt.get_cmap("tab10")(i) for i in range(len(bars) - 1)]))
+        means = part.groupby(["attack", "defense"])[list(SMOOTHNESS)].mean()
+        fig, axes = plt.subplots(2, 1, figsize=(DOUBLE, 4.0), sharex=True)
+        width = 0.8 / len(bars)
+        for ax, (col, label) in zip(axes, SMOOTHNESS.items()):
+            for k, defense in enumerate(bars):
+                vals = [means[col].get((a, defense), np.nan) for a in attacks]
+                ax.bar(np.arange(len(attacks)) + (k - (len(bars) - 1) / 2) * width, vals, width, color=colors[defense],
+                       label="backdoored (no defense)" if defense == tables.UNDEFENDED else defense)
+            clean = [means[col].get((b, tables.UNDEFENDED), np.nan) for b in benign]
+            if clean and not np.isnan(clean[0]):
+                ax.axhline(clean[0], color="black", ls="--", lw=0.8, label="benign model")
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_ylabel(f"{label}\n(log scale)")
+            ax.grid(True, axis="y", which="major", lw=0.3, alpha=0.5)
+        axes[-1].set_xticks(range(len(attacks)), attacks)
+        axes[-1].set_xlabel("attack")
+        axes[0].set_title(f"Sharpness of the loss at the model's weights — {_group_title(dataset, model, budget)}",
+                          loc="left")
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(7, len(labels)), frameon=False,
+                   bbox_to_anchor=(0.5, 1.0))
+        fig.tight_layout()
+    return fig
+
+
+# -- t-SNE of penultimate features ----------------------------------------------------------------
+
+def tsne_figure(embeddings: dict, title: str):
+    """``embeddings``: {panel title: dict(clean=(n, 2), clean_y, triggered=(m, 2), asr)} in panel order.
+    Clean test images coloured by class, triggered ones as black crosses."""
+    n = len(embeddings)
+    cols = min(3, n)
+    rows = int(np.ceil(n / cols))
+    with _style():
+        fig, axes = plt.subplots(rows, cols, figsize=(DOUBLE, 2.2 * rows + 0.5), squeeze=False, layout="constrained")
+        for ax in axes.flat[n:]:
+            ax.axis("off")
+        cmap = plt.get_cmap("tab10")
+        for ax, (name, e) in zip(axes.flat, embeddings.items()):
+            classes = np.asarray(e["clean_y"])
+            ax.scatter(e["clean"][:, 0], e["clean"][:, 1], c=cmap(classes % 10), s=2.5, lw=0, alpha=0.8,
+                       rasterized=True)
+            ax.scatter(e["triggered"][:, 0], e["triggered"][:, 1], marker="x", c="black", s=3, lw=0.3, alpha=0.6,
+                       rasterized=True)
+            ax.set_title(f"{name}: {e['asr']:.0f}% of triggered → target", fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        num = int(max(np.max(e["clean_y"]) for e in embeddings.values())) + 1
+        handles = [plt.Line2D([], [], ls="", marker="o", ms=3.5, color=cmap(c % 10), label=f"class {c}")
+                   for c in range(num)]
+        handles.append(plt.Line2D([], [], ls="", marker="x", ms=4, color="black", label="triggered"))
+        fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), frameon=False,
+                   handletextpad=0.1, columnspacing=0.8, title=title, title_fontproperties={"size": 7.5})
+    return fig

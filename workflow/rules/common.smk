@@ -22,7 +22,9 @@ CORES = (
 # count every job claims CORES // NCPU of them, so that still no more than NCPU jobs run at once;
 # `--set-threads purify=N` (with --cores at most the CPU count) gives that rule N torch threads.
 JOB_THREADS = max(1, CORES // NCPU)
-os.environ.update(BACKDOOR_CORES_PER_THREAD=str(JOB_THREADS))  # read by steps.use_threads in the jobs
+os.environ.update(
+    BACKDOOR_CORES_PER_THREAD=str(JOB_THREADS)
+)  # read by steps.use_threads in the jobs
 
 
 wildcard_constraints:
@@ -69,7 +71,3 @@ SMOOTHNESS_JSONS = (
     if PARAMS.analysis.smoothness.enabled
     else []
 )
-FIGURES = expand(
-    "results/figures/{name}.{ext}", name=["acc_asr", "runtime"], ext=["png", "svg"]
-)
-REPORT_OUTPUTS = ["results/metrics.csv", "results/table.md", *FIGURES]

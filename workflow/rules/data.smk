@@ -19,9 +19,9 @@ rule prepare:
         "data/prepared/{dataset}.pt",
     log:
         "logs/prepare/{dataset}.log",
-    threads: JOB_THREADS
     conda:
         STUDY_ENV
+    threads: JOB_THREADS
     params:
         values=step_params("prepare"),
         code=code_params("prepare"),

@@ -20,13 +20,72 @@ rule report:
     input:
         "results/metrics.csv",
     output:
+        **PLOT_DATA,
+        **REPORT_FIGURES,
         table="results/table.md",
-        figures=report(FIGURES, caption="../report/figures.rst", category="Results"),
+        html=report(
+            "results/table.html", caption="../report/tables.rst", category="Tables"
+        ),
+        tex=TABLES,
+        headline="results/headline.json",
     log:
         "logs/report.log",
     conda:
         STUDY_ENV
     params:
+        values=step_params("report"),
+        benign=BENIGN,
+        sweeps=SWEEPS,
+        sweep_params={
+            d: P.entry(config, "defenses", d).to_dict()
+            for s in SWEEPS.values()
+            for d in s["defenses"]
+        },
         code=code_params("report"),
     script:
         "../scripts/report.py"
+
+
+rule features:
+    input:
+        model="results/runs/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.pt",
+        prepared="data/prepared/{dataset}.pt",
+        poisoned="data/poisoned/{dataset}/{attack}.pt",
+    output:
+        "results/features/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.pt",
+    log:
+        "logs/features/{dataset}/{model}/{attack}/{defense}/n{budget}_seed{seed}_d{dseed}.log",
+    conda:
+        STUDY_ENV
+    threads: JOB_THREADS
+    params:
+        values=step_params("features"),
+        code=code_params("features"),
+    script:
+        "../scripts/features.py"
+
+
+rule tsne:
+    input:
+        tsne_inputs,
+    output:
+        png=report(
+            "results/figures/tsne/{dataset}/{model}/{attack}.png",
+            caption="../report/tsne.rst",
+            category="Feature space",
+            labels={"attack": "{attack}", "model": "{model}"},
+        ),
+        vector=multiext(
+            "results/figures/tsne/{dataset}/{model}/{attack}", ".svg", ".pdf"
+        ),
+    log:
+        "logs/tsne/{dataset}/{model}/{attack}.log",
+    conda:
+        STUDY_ENV
+    threads: 1
+    params:
+        values=step_params("tsne"),
+        panels=lambda w: TSNE_DEFENSES[w.attack],
+        code=code_params("tsne"),
+    script:
+        "../scripts/tsne.py"

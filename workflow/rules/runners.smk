@@ -32,7 +32,8 @@ _DVC_LOCK = []
 def hold_dvc_lock():
     """Hold DVC's workspace lock while Snakemake runs jobs, so that a `dvc repro` (or `dvc exp run`)
     started meanwhile stops with a lock error before deleting any output; and stop here, before any
-    job, when a DVC command holds it. Jobs that DVC itself runs (DVC_STAGE is set) skip this."""
+    job, when a DVC command holds it. Jobs that DVC itself runs (DVC_STAGE is set) skip this.
+    """
     if os.environ.get("DVC_STAGE") or not (ROOT / ".dvc").is_dir():
         return
     path = ROOT / ".dvc" / "tmp" / "lock"

@@ -1,7 +1,8 @@
-"""Snakemake entry point: results/metrics.csv → Markdown table and figures."""
-from backdoor import plots, tables
+"""Snakemake entry point: results/metrics.csv → tables, figures, headline metrics and plot data."""
+from backdoor import report
 from backdoor.joblog import logged
 
 with logged(snakemake.log[0]):
-    tables.write_markdown_table(snakemake.input[0], snakemake.output.table)
-    plots.write_figures(snakemake.input[0], snakemake.output.figures)
+    report.write(snakemake.input[0], dict(snakemake.output.items()), figures=snakemake.params.values["figures"],
+                 benign=snakemake.params.benign, sweeps=snakemake.params.sweeps,
+                 sweep_params=snakemake.params.sweep_params)

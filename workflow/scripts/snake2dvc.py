@@ -41,12 +41,14 @@ GUARD_CMD = f"python3 workflow/scripts/guard.py --marker {MARKER}"
 GUARD_DEPS = ["Snakefile", "src/backdoor", "workflow/rules", "workflow/scripts"]
 
 # --- Top-level DVC views (`dvc metrics show`, `dvc plots show`, `dvc exp show`): add entries here.
+# The report rule's own views (workflow/rules/report.smk: DVC_METRICS, DVC_PLOTS) are added to these.
 METRICS: list[str] = ["results/metrics.json"]
 PLOTS: list[dict | str] = []
+VIEWS: dict[str, list] = {"metrics": [], "plots": []}  # filled from the Snakefile by snakemake_jobs
 # ---
 
 WILDCARD_ORDER = ["dataset", "model", "attack", "defense", "budget", "seed", "dseed"]
-WIDTH = 140
+WIDTH = 170
 ITEM_WIDTH = 200  # an entry stays on one line up to here (one job per line reads and greps best)
 
 
@@ -66,6 +68,7 @@ def snakemake_jobs(snakefile: Path):
         wf = dag_api.workflow_api._workflow
         wf._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
         wf._build_dag()
+        VIEWS.update(metrics=list(wf.globals.get("DVC_METRICS", [])), plots=list(wf.globals.get("DVC_PLOTS", [])))
         levels = [sorted(level, key=lambda j: (j.rule.name, str(j.wildcards_dict))) for level in wf.dag.toposorted()]
         return [job for level in levels for job in level if job.rule.name != "all"]
 
@@ -257,10 +260,11 @@ def render(rules: list[RuleJobs]) -> str:
              "    outs: [" + MARKER + ": {persist: true}]"]
     for r in rules:
         lines += stage_lines(r, anchors)
-    if METRICS:
-        lines += ["metrics: " + flow(METRICS, 2, 9)]
-    if PLOTS:
-        lines += ["plots:"] + [f"  - {json.dumps(p) if isinstance(p, dict) else p}" for p in PLOTS]
+    metrics, plots = METRICS + VIEWS["metrics"], PLOTS + VIEWS["plots"]
+    if metrics:
+        lines += ["metrics: " + flow(metrics, 2, 9)]
+    if plots:
+        lines += ["plots:"] + [f"  - {json.dumps(p) if isinstance(p, dict) else p}" for p in plots]
     return "\n".join(lines) + "\n"
 
 

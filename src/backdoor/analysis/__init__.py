@@ -1,1 +1,2 @@
-"""Analyses of trained and purified models: loss-surface smoothness (FIP's λ_max and Tr H)."""
+"""Analyses of trained and purified models: loss-surface smoothness (λ_max, Tr H), penultimate features
+(t-SNE), where triggers land."""

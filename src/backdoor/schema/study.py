@@ -124,6 +124,52 @@ class Analysis(Spec):
     smoothness: Smoothness = param(Smoothness, "loss-surface smoothness of every model")
 
 
+SEED_METHODS = ["fip", "fast_fip", "nft", "fmp", "sibp"]
+
+
+@spec
+class Tsne(Spec):
+    """t-SNE of penultimate features on the study's first dataset, model, budget and seeds."""
+
+    attacks: list[str] = param(["badnets", "blend"], "attack ids drawn (ids not in the study are left out)",
+                               pattern=ID)
+    defenses: list[str] = param(SEED_METHODS, "defense ids drawn after the undefended model", pattern=ID)
+    clean_images: int = param(1500, "fixed, seeded subsample of the clean test set", ge=1)
+    triggered_images: int = param(500, "and of the triggered test set", ge=0)
+    seed: int = param(0, "seed of the subsample and of t-SNE", ge=0)
+    perplexity: float = param(30.0, "t-SNE perplexity", gt=0)
+
+
+@spec
+class SmoothnessFigure(Spec):
+    defenses: list[str] = param(SEED_METHODS, "defense ids drawn beside the backdoored model", pattern=ID)
+
+
+@spec
+class SampleEfficiency(Spec):
+    """ASR / ACC against study.clean_budgets (profiles/sample_efficiency.yaml)."""
+
+    attacks: list[str] = param(["badnets", "blend"], "attack ids", pattern=ID)
+    defenses: list[str] = param(["ft", *SEED_METHODS], "defense ids", pattern=ID)
+
+
+@spec
+class Tradeoff(Spec):
+    knob: str = param(REQUIRED, "the setting the method's curve sweeps")
+    defenses: list[str] = param(REQUIRED, "the defense ids along the curve (the method's own id holds the "
+                                          "study's value)", pattern=ID)
+
+
+@spec
+class Figures(Spec):
+    """The report's focused figures (ids not in the study are left out)."""
+
+    tsne: Tsne = param(Tsne, "t-SNE of penultimate features before and after each seed method")
+    smoothness: SmoothnessFigure = param(SmoothnessFigure, "λ_max and Tr(H) per attack")
+    sample_efficiency: SampleEfficiency = param(SampleEfficiency, "ASR and ACC against the clean budget")
+    tradeoff: dict[str, Tradeoff] = param({}, "per method: the knob its curve sweeps and the ids along it")
+
+
 @spec
 class Params(Spec):
     """params.yaml."""
@@ -134,6 +180,7 @@ class Params(Spec):
     precision: str = param("auto", "auto (bf16 where the hardware has fast bf16) | fp32 | bf16",
                            choices=("auto", "fp32", "bf16"))
     analysis: Analysis = param(Analysis, "analyses of the trained and purified models")
+    figures: Figures = param(Figures, "the report's focused figures")
     data: Data = param(Data, "where dataset files come from")
     splits: Splits = param(Splits, "attacker / defender / test splits")
     attack_defaults: AttackDefaults = param(AttackDefaults, "settings every attack id inherits")

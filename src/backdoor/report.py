@@ -1,0 +1,60 @@
+"""The report step: every table, figure, headline metric and plot data file made from metrics.csv.
+
+``outputs`` maps the report rule's output names to paths; tables.py and plots.py make the content.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from . import plots, tables
+from .io import write_text
+
+
+def _paths(value) -> list[str]:
+    return [value] if isinstance(value, (str, Path)) else list(value)
+
+
+def write(csv_path, outputs: dict, *, figures: dict, benign=("benign",), sweeps: dict | None = None,
+          sweep_params: dict | None = None) -> None:
+    """Write what ``outputs`` names: table, html, tex, headline, data_* (plot data) and the figures
+    heatmaps, runtime_asr, smoothness, sample_efficiency, tradeoff (each with ``<name>_vector``)."""
+    frame = pd.read_csv(csv_path)
+    benign = tuple(benign)
+    sweeps, sweep_params = sweeps or {}, sweep_params or {}
+    write_text(tables.markdown_report(frame), outputs["table"])
+    write_text(tables.html_report(frame), outputs["html"])
+    tex = tables.latex_tables(frame)
+    for path in _paths(outputs.get("tex", [])):
+        name = Path(path).stem
+        if name not in tex:
+            raise ValueError(f"{path}: metrics.csv has no runs for {name}")
+        write_text(tex[name], path)
+    write_text(json.dumps(tables.headline(frame, benign), indent=2, sort_keys=True) + "\n", outputs["headline"])
+
+    se = figures["sample_efficiency"]
+    se_attacks = [a for a in se["attacks"] if a in set(frame["attack"])]
+    se_defenses = [d for d in se["defenses"] if d in set(frame["defense"])]
+    points = tables.tradeoff(frame, sweeps, sweep_params)
+    data = {"data_runtime_asr": lambda: tables.runtime_effect(frame, benign),
+            "data_se_asr": lambda: tables.sample_efficiency_wide(frame, se["attacks"], se["defenses"], "asr"),
+            "data_se_acc": lambda: tables.sample_efficiency_wide(frame, se["attacks"], se["defenses"], "acc"),
+            "data_tradeoff": lambda: points}
+    for key, make in data.items():
+        if key in outputs:
+            write_text(make().to_csv(index=False, float_format="%.4f"), outputs[key])
+
+    # The swept variants have their own figure; the main figures show each method once.
+    variants = {d for sweep in sweeps.values() for d in sweep["defenses"]} - set(sweeps)
+    main = frame[~frame["defense"].isin(variants)]
+    makers = {"heatmaps": lambda: plots.heatmap_figure(main),
+              "runtime_asr": lambda: plots.runtime_figure(main, benign),
+              "smoothness": lambda: plots.smoothness_figure(frame, figures["smoothness"]["defenses"], benign),
+              "sample_efficiency": lambda: plots.sample_efficiency_figure(frame, se_attacks, se_defenses),
+              "tradeoff": lambda: plots.tradeoff_figure(points)}
+    for name, make in makers.items():
+        if name in outputs:
+            plots.save(make(), _paths(outputs[name]) + _paths(outputs.get(f"{name}_vector", [])))
