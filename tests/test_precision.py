@@ -79,3 +79,12 @@ def test_the_purify_step_records_precision_and_threads(tmp_path):
                      device="cpu", precision=precision)
         row = read_record(out)  # threads are a timing: in the .time.json beside it
         assert row["precision"] == precision and row["threads"] == torch.get_num_threads() == 1
+
+
+def test_precision_is_a_parameter_of_every_step_it_changes():
+    from backdoor.params import step_keys
+
+    for step in ("craft", "train", "purify"):
+        assert "precision" in step_keys(step, dataset="d", model="m", attack="a", defense="x")
+    for step in ("download", "prepare", "poison", "smoothness", "aggregate", "report"):  # fp32 or no torch math
+        assert "precision" not in step_keys(step, dataset="d", model="m", attack="a", defense="x")
