@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import sys
 import shutil
 import signal
 import subprocess
@@ -30,7 +31,7 @@ from conftest import ROOT, project_files
 pytestmark = pytest.mark.e2e
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
-ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+ENV = {**os.environ, "PYTHON": sys.executable, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
        "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1", "CORES": "1", "OMP_NUM_THREADS": "1"}
 RESULT_COLUMNS = ["dataset", "model", "attack", "defense", "clean_budget", "seed", "defense_seed", "acc", "asr",
                   "ra", "der", "n_clean"]
