@@ -1,6 +1,6 @@
 """Both runners want the same jobs after an edit, on the default study's DAG: editing a defense's
 module reruns exactly the purify jobs that import it (and what depends on them), editing plots.py
-only the report, and machine-local settings nothing.
+only the figures, and machine-local settings nothing.
 
 No training: every output is a placeholder file, recorded by `snakemake --touch` (Snakemake's
 metadata, code params included) and `dvc commit` (dvc.lock), so only the runners' bookkeeping runs.
@@ -77,6 +77,19 @@ def wanted(ws: Path) -> tuple[set, set, set]:
     return snakemake, changed, changed | {d for s in changed for d in downstream[s]}
 
 
+def per_run_analyses(purify: set, stages: set) -> set:
+    """The smoothness and feature stages of exactly these purify runs that are in `stages`."""
+    runs = {s.split("@", 1)[1] for s in purify}
+    found = {s for s in stages if s.split("@")[0] in ("smoothness", "features")}
+    assert all(s.split("@", 1)[1] in runs for s in found), found
+    return found
+
+
+def tsne_of(features: set) -> set:
+    """t-SNE panels drawn from these feature stages (one per dataset-model-attack)."""
+    return {"tsne@" + "-".join(s.split("@", 1)[1].split("-")[:3]) for s in features if s.startswith("features@")}
+
+
 def edited(ws: Path, rel: str, text: str):
     path = ws / rel
     original = path.read_text()
@@ -98,7 +111,8 @@ def test_editing_a_defense_reruns_the_purify_jobs_that_import_it_under_both_runn
     purify = {s for s in with_downstream if s.startswith("purify@")}
     assert changed == purify and purify and all("-fip-" in s or "-fast_fip-" in s for s in purify)
     assert len(purify) == 2 * 8  # fip and fast_fip (which imports fip) on the eight attacks
-    assert snakemake == with_downstream == purify | {"aggregate", "report"}
+    analyses = per_run_analyses(purify, with_downstream)
+    assert snakemake == with_downstream == purify | analyses | tsne_of(analyses) | {"aggregate", "report"}
 
 
 def test_editing_a_defense_no_other_imports_reruns_only_its_jobs(workspace):
@@ -107,8 +121,10 @@ def test_editing_a_defense_no_other_imports_reruns_only_its_jobs(workspace):
         snakemake, changed, with_downstream = wanted(workspace)
     finally:
         restore()
-    assert changed == {s for s in with_downstream if "-nft-" in s} and len(changed) == 8
-    assert snakemake == with_downstream == changed | {"aggregate", "report"}
+    assert changed == {s for s in with_downstream if s.startswith("purify@") and "-nft-" in s} and len(changed) == 8
+    analyses = per_run_analyses(changed, with_downstream)
+    assert {s.split("@")[0] for s in analyses} == {"smoothness", "features"}  # nft is a t-SNE method by default
+    assert snakemake == with_downstream == changed | analyses | {"aggregate", "report"} | tsne_of(analyses)
 
 
 @pytest.mark.parametrize("module", ["src/backdoor/training.py", "src/backdoor/attacks/trojan.py",
@@ -122,13 +138,14 @@ def test_both_runners_want_the_same_jobs_after_any_library_edit(workspace, modul
     assert changed and snakemake == with_downstream
 
 
-def test_editing_the_figure_code_reruns_only_the_report(workspace):
+def test_editing_the_figure_code_reruns_only_the_figures(workspace):
     restore = edited(workspace, "src/backdoor/plots.py", "\n# an edit\n")
     try:
         snakemake, changed, with_downstream = wanted(workspace)
     finally:
         restore()
-    assert snakemake == changed == with_downstream == {"report"}
+    tsne = {s for s in changed if s.startswith("tsne@")}
+    assert tsne and snakemake == changed == with_downstream == {"report"} | tsne  # the report and the t-SNE panels
 
 
 def test_machine_local_settings_invalidate_nothing(workspace):

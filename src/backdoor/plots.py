@@ -35,11 +35,15 @@ def _style():
     return plt.rc_context(STYLE)
 
 
+# No timestamps in the files, so a rerun gives the same bytes (PNG carries none by default).
+_NO_DATE = {".svg": {"Date": None}, ".pdf": {"CreationDate": None}}
+
+
 def save(fig, paths) -> None:
     for path in map(Path, paths):
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=path.suffix.lstrip("."), dpi=300, bbox_inches="tight", pad_inches=0.02,
-                        metadata={"Date": None} if path.suffix == ".svg" else None)
+                        metadata=_NO_DATE.get(path.suffix))
     plt.close(fig)
 
 
