@@ -10,7 +10,7 @@ BIN := $(if $(findstring /,$(PYTHON)),$(abspath $(dir $(PYTHON))))
 export PATH := $(if $(BIN),$(BIN):)$(PATH)
 
 .PHONY: setup study test test-fast lint dvc.yaml status verify publish fetch-results figures bench clean \
-	study-cause study-cifar10 study-full
+	study-cause study-cifar10 study-full study-released
 
 setup:  ## install system + Python dependencies into .venv (idempotent)
 	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
@@ -69,6 +69,9 @@ study-cause: setup  ## why the default resists purification (profiles/cause.yaml
 
 study-cifar10: setup  ## the seed papers' setting on CPU: CIFAR-10 × PreAct-ResNet18, 500 clean images
 	snakemake --cores $(CORES) --configfile profiles/cifar10.yaml all  # Snakemake only: dvc.yaml follows params.yaml
+
+study-released: setup  ## the seed methods next to their released twins on badnets and blend (profiles/released.yaml)
+	snakemake --cores $(CORES) --configfile profiles/released.yaml all  # Snakemake only: dvc.yaml follows params.yaml
 
 study-full: setup  ## every attack × defense × 3 training seeds × 3 defense seeds × both models (days on 2 cores)
 	snakemake --cores $(CORES) --configfile profiles/full.yaml all  # Snakemake only: dvc.yaml follows params.yaml

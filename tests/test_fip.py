@@ -283,3 +283,56 @@ def test_plain_cross_entropy_when_both_regularisers_are_off_matches_fit():
     fit(ref, data, fit_config(p), gen=fip_gen, device="cpu",
         loss_fn=lambda m, x, y, s: F.cross_entropy(m(x), y), log=lambda s: None)
     assert all(torch.allclose(a, b) for a, b in zip(ours.state_dict().values(), ref.state_dict().values()))
+
+
+# -- fip_released ---------------------------------------------------------------------------------
+
+def test_fip_released_declaration_is_the_release_defaults():
+    from backdoor.schema.defenses import FIP
+
+    p = FIP.resolve({"type": "fip_released"})
+    assert p.released and (p.lr, p.momentum, p.weight_decay, p.schedule) == (5.0e-3, 0.95, 0.0, "constant")
+    assert (p.iterations, p.batch_size, p.trace_every, p.crop_pad, p.flip) == (2000, 128, 5, 4, True)
+    assert p.eta_f == 5.0e-3  # the author's advice in FIP issue #2 (the CLI default 0.5 is "bad")
+    assert get_defense("fip_released") is fip.purify
+
+
+def test_fip_released_is_deterministic_and_registers_bn_statistics():
+    def run(seed):
+        model = tiny_model()
+        model, info = fip.purify(model, random_set(), {"type": "fip_released", **QUICK},
+                                 torch.Generator().manual_seed(seed), torch.device("cpu"))
+        return model.state_dict(), info
+
+    (a, info), (b, _) = run(0), run(0)
+    assert info["released"] and info["retainer_last"] is None
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_batch_mean_fisher_is_the_squared_mean_gradient_of_the_bxb_log_likelihood():
+    """The release's disabled estimator: per batch g = ∇ mean(log_softmax[:, y]) (B×B), F = mean g²;
+    the forwards run in train mode. It is far smaller than the per-sample Fisher (≈ batch size)."""
+    from backdoor.augment import augment
+    from backdoor.defenses.base import fit_config
+    from backdoor.schema.defenses import FIP
+
+    data = random_set(200)
+    cfg = fit_config(FIP.of({"crop_pad": 0, "flip": False}))
+    model = tiny_model().train()
+    named = dict(model.named_parameters())
+    fisher = fip._registration_pass(model, data, cfg, torch.Generator().manual_seed(5), "cpu", named)
+    model2 = tiny_model().train()
+    gen = torch.Generator().manual_seed(5)
+    expected = {n: torch.zeros_like(p) for n, p in model2.named_parameters()}
+    for _ in range(5):
+        idx = torch.randint(0, len(data), (100,), generator=gen)
+        torch.randint(0, 2**31, (1,), generator=gen)  # the augmentation seed (no augmentation here)
+        x = augment(data.x[idx].float() / 255, 0, False, torch.Generator())
+        logp = model2(x).log_softmax(1)
+        grads = torch.autograd.grad(logp[:, data.y[idx]].mean(), list(model2.parameters()))
+        for n, g in zip(expected, grads):
+            expected[n] += g.square() / 5
+    for n in named:
+        assert torch.allclose(fisher[n], expected[n], rtol=1e-4, atol=1e-9), n
+    per_sample = fip.fisher_diagonal(tiny_model(), dict(tiny_model().named_parameters()), data, "cpu")
+    assert sum(f.sum() for f in fisher.values()) < 0.5 * sum(f.sum() for f in per_sample.values())

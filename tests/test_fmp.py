@@ -233,3 +233,43 @@ def test_epochs_instead_of_iterations():
     _, info = fmp.purify(tiny_model(), tiny_data(), params, torch.Generator().manual_seed(0),
                          torch.device("cpu"))  # 48 images → 3 batches per epoch
     assert info["steps"] == 6
+
+
+# -- fmp_released -----------------------------------------------------------------------------------
+
+def test_fmp_released_floor_rounding_gamma_only_no_mask():
+    """The released fgsm-feature.py: ⌊C/64⌋ maps per conv (none below 64 channels), γ zeroed but
+    β kept, no mask while fine-tuning; at 64 channels one map is pruned."""
+    from backdoor.schema.defenses import FMP
+
+    p = FMP.resolve({"type": "fmp_released"})
+    assert (p.rounding, p.zero_bn_beta, p.hard_mask, p.prune_ratio) == ("floor", False, False, 1 / 64)
+    assert (p.sensitivity_batch, p.alpha, p.eps, p.lr, p.min_lr, p.momentum, p.batch_size) == (
+        32, 0.02, 0.06, 0.01, 1.0e-4, 0.9, 256)
+    assert get_defense("fmp_released") is fmp.purify
+    _, info = run({"type": "fmp_released"})  # width 4: 4–16 channels
+    assert info["n_pruned"] == 0
+    from backdoor.models import build_model
+    torch.manual_seed(0)
+    wide = build_model("cnn", 1, 10, [0.5], [0.5], width=16)  # 16, 32, 32, 64, 64 channels
+    with torch.no_grad():
+        for m in wide.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.bias.uniform_(0.1, 0.2)
+    model, info = run({"type": "fmp_released", "iterations": 1, "lr": 1e-6}, model=wide)
+    counts = {n: len(l["pruned"]) for n, l in info["layers"].items()}
+    assert counts == {"body.features.0.0": 0, "body.features.2.0": 0, "body.features.3.0": 0,
+                      "body.features.5.0": 1, "body.features.6.0": 1}
+    modules = dict(model.named_modules())
+    for name in ("body.features.5.0", "body.features.6.0"):
+        (k,) = info["layers"][name]["pruned"]
+        bn = modules[info["layers"][name]["bn"][0]]
+        assert bn.weight[k] == 0 and bn.bias[k] > 0.09
+
+
+def test_fmp_released_is_deterministic():
+    a, info_a = run({"type": "fmp_released", "rounding": "ceil"}, seed=4)
+    b, info_b = run({"type": "fmp_released", "rounding": "ceil"}, seed=4)
+    assert info_a["layers"] == info_b["layers"]
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k

@@ -197,3 +197,57 @@ def test_preact_resnet_masks_every_bn_in_forward_order():
     assert len(names) == 17 and names[0] == "body.layer1.0.bn1" and names[-1] == "body.bn"
     _, info = run(model, random_set(32), iterations=3)
     assert [layer["layer"] for layer in info["masked_layers"]] == names
+
+
+# -- nft_released: the released Remove_Backdoor.py ---------------------------------------------------
+
+def test_released_declaration_is_the_release_defaults():
+    from backdoor.schema.defenses import NFT
+
+    p = NFT.resolve({"type": "nft_released"})
+    assert (p.lr, p.min_lr, p.momentum, p.weight_decay, p.iterations, p.batch_size) == (0.05, 0.02, 0.95, 0.0, 1000, 128)
+    assert (p.mixup_alpha, p.l1_weight, p.floor_alpha, p.floor_beta, p.floor_depth) == (1.0, 1.0e-3, 0.8, 0.5, "index")
+    assert (p.mask_first_bn, p.bn_stats, p.lr_rounds, p.crop_pad, p.flip) == (False, "update", 5, 4, True)
+    assert get_defense("nft_released") is nft.purify
+
+
+def test_released_floor_values_by_hand():
+    """methods.md §3.3's table of 0.8·e^(−0.5·l) for the 19 masked BNs of the released ResNet-18."""
+    floors = nft.mask_floors(19, 0.8, 0.5)
+    table = {1: 0.485, 2: 0.294, 3: 0.179, 4: 0.108, 5: 0.066, 6: 0.040, 7: 0.024, 8: 0.015, 9: 0.0089,
+             10: 0.0054, 12: 0.0020, 15: 0.00044, 19: 0.00006}
+    for l, value in table.items():
+        assert floors[l - 1] == pytest.approx(value, abs=0.6 * 10 ** math.floor(math.log10(value) - 1)), l
+
+
+def test_released_schedule_is_the_per_round_staircase():
+    """CosineAnnealingLR(T_max = 5, eta_min = 0.02) stepped after each 200-iteration round."""
+    from backdoor.defenses.base import fit_config
+    from backdoor.schema.defenses import NFT
+    from backdoor.training import lr_factor
+
+    cfg = fit_config(NFT.resolve({"type": "nft_released"}))
+    factor = lr_factor(cfg, 1000)
+    rates = [cfg.lr * factor(s) for s in range(1000)]
+    assert [round(rates[200 * r], 5) for r in range(5)] == [0.05, 0.04714, 0.03964, 0.03036, 0.02286]
+    assert len({round(r, 12) for r in rates[200:400]}) == 1 and min(rates) > 0.022
+    smooth = lr_factor(fit_config(NFT.resolve({})), 1000)  # the study's nft: per step, reaching 0.02
+    assert 0.05 * smooth(1000) == pytest.approx(0.02) and smooth(1) < smooth(0)
+
+
+def test_released_leaves_the_first_bn_unmasked_with_shifted_floors():
+    model = tiny_model()
+    first = bns(model)[0]
+    gamma = first.weight.detach().clone()
+    out, info = run(model, random_set(64), type="nft_released", lr=5.0)
+    names = [l["layer"] for l in info["masked_layers"]]
+    assert len(names) == 4 and "body.features.0.1" not in names
+    assert [round(l["floor"], 3) for l in info["masked_layers"]] == [0.485, 0.294, 0.179, 0.108]
+    assert torch.equal(bns(out)[0].weight, gamma)
+
+
+def test_released_is_deterministic():
+    a, _ = run(tiny_model(), random_set(64), seed=3, type="nft_released")
+    b, _ = run(tiny_model(), random_set(64), seed=3, type="nft_released")
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k

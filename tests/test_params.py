@@ -155,9 +155,10 @@ def test_step_values_come_from_step_keys_only():
 
 def test_step_values_are_plain_and_complete():
     values = P.step_values(SHIPPED, "purify", model="cnn", defense="fip_released")
-    assert values["defense"]["type"] == "fip" and values["defense"]["released"] is True
+    assert values["defense"]["type"] == "fip_released" and values["defense"]["released"] is True
     assert values["defense"]["probes"] == 20 and values["arch"] == "cnn"  # a declared default
-    assert schema.DEFENSES["fip"].of(values["defense"]).released
+    assert values["defense"]["crop_pad"] == 4  # the released augmentation, declared on fip_released
+    assert schema.DEFENSES["fip"].resolve(values["defense"]).released
 
 
 def test_skip_removes_exactly_the_named_cells():
@@ -191,7 +192,7 @@ def test_declarations_are_importable_without_torch():
             "assert 'torch' not in sys.modules, 'torch imported'; print(len(schema.DEFENSES))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert int(out.stdout) == 14
+    assert int(out.stdout) == 18  # 14 types + the released twins of fip, nft, fmp, sibp
 
 
 def test_every_declared_setting_has_a_meaning():

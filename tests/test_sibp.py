@@ -192,3 +192,63 @@ def test_registered_and_defaults():
     defaults = sibp.SIBP.of({})
     assert defaults.conv_coef == 0.5 and defaults.threshold_layers == "all"
     assert not isinstance(defaults.u, list)
+
+
+# -- sibp_released ----------------------------------------------------------------------------------
+
+def test_released_declaration():
+    p = sibp.SIBP.resolve({"type": "sibp_released"})
+    assert (p.u, p.conv_coef, p.epochs, p.threshold_layers, p.hard_mask) == (1.9, 0.5, 7, "released", False)
+    assert (p.lr, p.momentum, p.weight_decay, p.batch_size, p.schedule) == (0.01, 0.9, 1.0e-4, 256, "constant")
+    assert get_defense("sibp_released") is sibp.purify
+
+
+def test_released_thresholds_fall_back_to_one_off_vgg_and_bn_score_has_no_eps():
+    """The release pools T over VGG-16-BN's hard-coded features.12–38; with none of them (any other
+    model) both thresholds are 1: prune conv c if s_c > mean + 0.5·std, BN c if r_c > mean + u·std,
+    with r_c = |γ|/sqrt(running_var) (no eps)."""
+    model = tiny_model()
+    plant_outlier(model)
+    with torch.no_grad():
+        dict(model.named_modules())["body.features.6.1"].running_var[2] = 1e-3  # r ≈ 30: an outlier
+    found = sibp.inspect(model, u=1.9, conv_coef=0.5, threshold_layers="released")
+    assert found["t_conv"] == 1.0 and found["t_bn"] == 1.0 and found["threshold_layers"] == []
+    convs, bns, _ = sibp.scored_layers(model)
+    for name, conv in convs.items():
+        s = sibp.conv_scores(conv.weight)
+        assert torch.equal(found["prune"][name], s > s.mean() + 0.5 * s.std()), name
+    for name, bn in bns.items():
+        r = bn.weight.detach().abs() / bn.running_var.sqrt()
+        assert torch.equal(found["prune"][name], r > r.mean() + 1.9 * r.std()), name
+    assert found["prune"]["body.features.5.0"][3] and found["prune"]["body.features.6.1"][2]
+    everything = sibp.inspect(model, u=1.9, conv_coef=0.5)  # the study's pooled thresholds prune less
+    assert sum(int(m.sum()) for m in everything["prune"].values()) < sum(
+        int(m.sum()) for m in found["prune"].values())
+
+
+def test_released_thresholds_pool_the_vgg_layers_when_present():
+    torch.manual_seed(0)
+    layers = [torch.nn.Identity() for _ in range(14)] + [torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8),
+                                                        torch.nn.Conv2d(8, 8, 3), torch.nn.BatchNorm2d(8)]
+    vgg = torch.nn.Module()
+    vgg.features = torch.nn.Sequential(*layers)
+    vgg.stem = torch.nn.Conv2d(3, 8, 3)
+    with torch.no_grad():
+        vgg.features[15].weight.uniform_(0.5, 1.5)
+        vgg.features[15].running_var.uniform_(0.5, 1.5)
+    found = sibp.inspect(vgg, u=1.9, threshold_layers="released")
+    assert found["threshold_layers"] == ["features.14", "features.16", "features.15", "features.17"]
+    assert found["t_conv"] == pytest.approx(torch.cat([sibp.conv_scores(vgg.features[i].weight)
+                                                       for i in (14, 16)]).mean().item())
+    r = [(vgg.features[i].weight.abs() / vgg.features[i].running_var.sqrt()).mean() for i in (15, 17)]
+    assert found["t_bn"] == pytest.approx(torch.stack(r).mean().item())
+
+
+def test_released_is_deterministic_and_lets_channels_regrow():
+    base = tiny_model()
+    plant_outlier(base)
+    a, info_a = run(copy_model(base), {"type": "sibp_released", "epochs": 1}, seed=2)
+    b, info_b = run(copy_model(base), {"type": "sibp_released", "epochs": 1}, seed=2)
+    assert info_a == info_b and not info_a["hard_mask"] and info_a["rounds"][0]["t_conv"] == 1.0
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k

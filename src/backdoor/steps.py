@@ -176,6 +176,12 @@ def select_clean(prepared: dict, budget: int, sampling: str, gen: torch.Generato
     """``budget`` images from the defender's pool: uniformly, or equally many per class."""
     from .data.tensors import TensorSet
 
+    idx = clean_indices(prepared, budget, sampling, gen)
+    return TensorSet(prepared["train_x"][idx], prepared["train_y"][idx])
+
+
+def clean_indices(prepared: dict, budget: int, sampling: str, gen: torch.Generator) -> torch.Tensor:
+    """The training-set indices ``select_clean`` draws (sorted)."""
     pool = prepared["pool_idx"]
     if budget > len(pool):
         raise ValueError(f"clean budget {budget} exceeds the defender's pool of {len(pool)} images "
@@ -196,7 +202,7 @@ def select_clean(prepared: dict, budget: int, sampling: str, gen: torch.Generato
         idx = pool[torch.randperm(len(pool), generator=gen)[:budget]].sort().values
     else:
         raise ValueError(f"defense_defaults.clean_sampling = {sampling!r}: use random or stratified")
-    return TensorSet(prepared["train_x"][idx], prepared["train_y"][idx])
+    return idx
 
 
 def smoothness(prepared_path: str, model_path: str, out_path: str, settings: dict, device: str = "auto") -> None:

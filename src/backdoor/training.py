@@ -39,6 +39,7 @@ class FitConfig:
     nesterov: bool = False
     schedule: str = "cosine"  # cosine (to min_lr over the whole run) or constant
     min_lr: float = 0.0
+    lr_rounds: int = 0  # cosine only: 0 moves every step; k moves once per 1/k of the run (a staircase)
     crop_pad: int = 0
     flip: bool = False
     log_every: int = 0  # 0: only a final line
@@ -98,6 +99,21 @@ def make_optimizer(params, cfg: FitConfig) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer {cfg.optimizer!r}: use sgd or adam")
 
 
+def lr_factor(cfg: FitConfig, total: int) -> Callable[[int], float] | None:
+    """The learning rate of step s is ``cfg.lr · factor(s)``; None for a constant rate."""
+    if cfg.schedule == "constant":
+        return None
+    if cfg.schedule != "cosine":
+        raise ValueError(f"unknown schedule {cfg.schedule!r}: use cosine or constant")
+    floor = cfg.min_lr / cfg.lr if cfg.lr else 0.0
+    if cfg.lr_rounds:  # a per-epoch CosineAnnealingLR(T_max = k) stepped once per round of total/k steps
+        k, per = cfg.lr_rounds, max(1, total // cfg.lr_rounds)
+        position = lambda s: min(s // per, k) / k  # noqa: E731
+    else:
+        position = lambda s: min(s, total) / total  # noqa: E731
+    return lambda s: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * position(s)))
+
+
 def fit(model: nn.Module, data: TensorSet, cfg: FitConfig, *, gen: torch.Generator,
         device: torch.device | str = "cpu", params: Iterable[torch.nn.Parameter] | None = None,
         loss_fn: LossFn = cross_entropy, after_step: Callable[[int], bool | None] | None = None,
@@ -118,14 +134,8 @@ def fit(model: nn.Module, data: TensorSet, cfg: FitConfig, *, gen: torch.Generat
         raise ValueError(f"{desc}: nothing to train (no parameter requires grad)")
     optimizer = make_optimizer(params, cfg)
     total = cfg.total_steps(len(data))
-    if cfg.schedule == "cosine":
-        floor = cfg.min_lr / cfg.lr if cfg.lr else 0.0
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    elif cfg.schedule == "constant":
-        sched = None
-    else:
-        raise ValueError(f"unknown schedule {cfg.schedule!r}: use cosine or constant")
+    factor = lr_factor(cfg, total)
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, factor) if factor is not None else None
     x_all, y_all = data.x.to(device), data.y.to(device)
     aug_gen = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
     losses, seen, start = [], 0, time.perf_counter()

@@ -38,6 +38,9 @@ trainable set, learning rate and iteration count of Fast FIP are UNVERIFIED. Cho
   δ at 0. Larger lr / more iterations were not tried against test data.
 - ``released: true`` gives the released objective (zero-mean projection, B×B log-likelihood, no
   retainer) over the same trainable set; the release itself has no runnable Fast FIP.
+- There is no ``fast_fip_released``: the release's ``svd_layers.py`` is never imported and
+  ``network_cifar_svd.py`` is empty, so there is no released trainable set, lr or iteration count to
+  reproduce; ``{type: fast_fip, released: true}`` is the closest (released objective, our wiring).
 """
 
 from __future__ import annotations

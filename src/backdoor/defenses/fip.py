@@ -20,7 +20,8 @@ decay, constant learning rate, batch 128 drawn with replacement, 2000 iterations
 augmentation, the model in train mode throughout (BN statistics follow the clean batches). The
 loop is ``training.fit``; this module only supplies the ``loss_fn``.
 
-``released: true`` reproduces the released code (``src/Remove_Backdoor_FIP.py`` and
+``fip_released`` (declared in ``backdoor.schema.defenses``: ``released: true`` and the release's
+augmentation, crop padding 4) reproduces the released code (``src/Remove_Backdoor_FIP.py`` and
 ``src/Regularizer.py`` at b787f04, methods.md §2.3) so both can be compared:
 
 - the log-likelihood is ``log_softmax(f(x))[:, y].mean()``, the mean of a B×B matrix (every
@@ -34,7 +35,14 @@ loop is ``training.fit``; this module only supplies the ``loss_fn``.
   whose only lasting effect is on BN running statistics) are replayed.
 
 η_F keeps its own default (5.0e-3, the author's advice in issue #2) in released mode; set
-``eta_f: 0.5`` to get the repository's command-line default.
+``eta_f: 0.5`` to get the repository's command-line default. The release runs as is; what
+``fip_released`` changes to run here: the study's data and model (inputs normalised inside the
+model, Fashion-MNIST's 28-pixel crop with the release's padding 4), seeded randomness, no per-round
+test evaluation (the last iterate is the result, as released).
+
+``fisher: batch_mean`` (with ``eta_r`` > 0, not released) enables the release's *disabled* retainer
+estimator for the ablation (benchmarks/ablation.py): F = mean over the 5 registration batches of
+(∇ B×B mean log-likelihood)², measured in train mode.
 
 Deviations from the paper / released code, and why:
 
@@ -196,16 +204,28 @@ class Retainer:
 
 # -- the shared training procedure ----------------------------------------------------------------
 
-def _registration_pass(model: nn.Module, clean: TensorSet, cfg, gen: torch.Generator, device) -> None:
-    """The release's FIM-registration forwards in train mode: they only move BN running stats."""
+def _registration_pass(model: nn.Module, clean: TensorSet, cfg, gen: torch.Generator, device,
+                       named: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor] | None:
+    """The release's "FIM registration": 5 batches of 100 augmented clean images in train mode (so
+    BN running statistics move). With ``named``, also its (disabled) Fisher estimate: the mean over
+    the batches of the squared gradient of the B×B mini-batch log-likelihood (``fisher: batch_mean``)."""
     batches, size = RELEASED_REGISTRATION
     model.train()
-    with torch.no_grad():
-        for _ in range(batches):
-            idx = torch.randint(0, len(clean), (size,), generator=gen)
-            x = augment(_images(clean.subset(idx), device), cfg.crop_pad, cfg.flip,
-                        torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen))))
-            model(x)
+    total = {n: torch.zeros_like(q) for n, q in named.items()} if named else None
+    for _ in range(batches):
+        idx = torch.randint(0, len(clean), (size,), generator=gen)
+        x = augment(_images(clean.subset(idx), device), cfg.crop_pad, cfg.flip,
+                    torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen))))
+        if total is None:
+            with torch.no_grad():
+                model(x)
+            continue
+        ll = log_likelihood(model(x), clean.y[idx].to(device), released=True)
+        grads = torch.autograd.grad(ll, list(named.values()), allow_unused=True)
+        for n, g in zip(named, grads):
+            if g is not None:
+                total[n] += g.detach().square()
+    return {n: t / batches for n, t in total.items()} if total is not None else None
 
 
 def train_fip(model: nn.Module, clean: TensorSet, named: dict[str, torch.Tensor], p: dict,
@@ -228,7 +248,10 @@ def train_fip(model: nn.Module, clean: TensorSet, named: dict[str, torch.Tensor]
     if released:
         _registration_pass(model, clean, cfg, gen, device)
     elif p["eta_r"] > 0:
-        fisher = fisher_diagonal(model, named, clean, device, int(p["fisher_batch"]))
+        if p["fisher"] == "batch_mean":
+            fisher = _registration_pass(model, clean, cfg, gen, device, named)
+        else:
+            fisher = fisher_diagonal(model, named, clean, device, int(p["fisher_batch"]))
         retainer = Retainer(params, [fisher[n] for n in names], p["eta_r"])
         info["fisher_mean"] = float(sum(f.sum() for f in fisher.values()) / max(1, info["trained_parameters"]))
     info["fisher_seconds"] = round(time.perf_counter() - t0, 3)
@@ -270,7 +293,7 @@ def train_fip(model: nn.Module, clean: TensorSet, named: dict[str, torch.Tensor]
 
 
 def purify(model, clean, params, gen, device):
-    p = FIP.of(params)
+    p = FIP.resolve(params)
     named = dict(model.named_parameters())
     for q in named.values():
         q.requires_grad_(True)

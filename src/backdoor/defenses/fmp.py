@@ -97,6 +97,16 @@ perturbed accuracy floors at 2/32 for most maps. The pruning budget is not the b
 the single most backdoor-relevant map per layer (5 maps, chosen with test data) already drops the
 BadNets ASR to 4.3% before any fine-tuning.
 
+``fmp_released`` (declared in ``backdoor.schema.defenses``) is the released choice on the points
+that change the result: ``rounding: floor`` (⌊C/64⌋ maps: none in the compact CNN's 16- and
+32-channel layers, one in each 64-channel layer), ``zero_bn_beta: false`` (γ only, β kept),
+``hard_mask: false`` (no mask while fine-tuning) and crop padding 4. Kept as in ``fmp``, because
+the release cannot run as is (no ``utils/``, no configs, v1/v2 API mix, methods.md §4.9) and these
+are the fixes needed to run it on the study's models: pixel-space inputs (no double normalisation),
+scores keyed by module name (no effect on the compact CNN, whose execution and registration orders
+agree), the BN that follows each conv, the sensitivity batch drawn from the clean budget, the
+tie-break, and the fine-tuning length in iterations.
+
 ``info`` reports, per conv (by module name), the channel count, the pruned channels, their scores,
 the BN that was zeroed, every score, and timings.
 """
@@ -211,7 +221,7 @@ def select(acc: torch.Tensor, loss: torch.Tensor, n: int) -> list[int]:
 
 
 def purify(model, clean: TensorSet, params, gen, device):
-    p = FMP.of(params)
+    p = FMP.resolve(params)
     t0 = time.perf_counter()
     model.to(device, memory_format=torch.channels_last).eval()  # NHWC: ≈ 1.4× faster convs on CPU
     convs = conv_layers(model)

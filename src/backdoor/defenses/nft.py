@@ -61,6 +61,15 @@ Decisions and deviations (paper = what is verifiable of arXiv 2407.10052; code =
 8. **Fixes to the code**: the crash on the first iteration (uninitialised counters) and the unused
    L2/L∞ mask norms are irrelevant here; randomness (batches, augmentation, λ, π) comes only from
    ``gen``, so a fixed generator gives a bit-identical result on one machine.
+
+``nft_released`` (declared in ``backdoor.schema.defenses``) is ``Remove_Backdoor.py`` as released:
+the first BN in forward order (the release's stem BN) unmasked (``mask_first_bn: false``, so the
+floors start at 0.485 on the second BN), the learning rate stepped once per 200-iteration round
+(``lr_rounds: 5``: 0.05, 0.047, 0.040, 0.030, 0.023) and the release's crop padding 4. Floor formula
+and order, masking of γ only, train-mode BN statistics, MixUp (α = 1), the L1 term
+(0.001 / N_c · Σ|1 − m|, N_c = clean images / classes), SGD settings and 1,000 iterations are the
+same in both ids. Fixes needed to run: the counters of item 8; the study's model, data and seeded
+streams; no per-round test evaluation (the last iterate is the result, as released).
 """
 
 from __future__ import annotations
@@ -119,7 +128,7 @@ def _seed_from(gen: torch.Generator) -> int:
 
 
 def purify(model, clean, params, gen, device):
-    p = NFT.of(params)
+    p = NFT.resolve(params)
     if len(clean) == 0:
         raise ValueError("nft: the clean set is empty")
     device = torch.device(device)

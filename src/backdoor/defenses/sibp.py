@@ -71,6 +71,17 @@ Deviations from the released code, and why
    augmentation come from ``gen``. MultiStepLR milestones are dropped: as released they are
    never reached, so the LR is constant anyway.
 
+``sibp_released`` (declared in ``backdoor.schema.defenses``) is ``defense.py::SIBP`` +
+``fine_training.py`` as released, with ``SIBP_config.py``'s CIFAR-10 badnet entry (u 1.9, 7 epochs;
+its blend entry is 5 epochs: set ``epochs: 5`` for that reading): ``threshold_layers: released``
+pools T over the hard-coded VGG-16-BN names ``features.12`` … ``features.38`` and falls back to
+T_conv = T_bn = 1 when none exists (every model of the study), so a conv filter is pruned when
+s_c > mean + 0.5·std of its layer; r_c = |γ|/sqrt(running_var) without eps; no hard mask (pruned
+channels may regrow); crop padding 4. Fixes needed to run: the ``ACF`` import, the hard-coded
+paths and renames, and the seeding (methods.md §5.8) do not apply here; 1×1 convs (σ ≡ 0, inf/nan
+scores that prune nothing as released) are skipped, which prunes nothing either; the fine-tuning uses
+the study's clean budget (600 images, the README says 1,000).
+
 Nothing here reads test data or the attack: identification uses weights only, fine-tuning uses
 the clean budget only.
 
@@ -106,9 +117,10 @@ def conv_scores(weight: torch.Tensor) -> torch.Tensor:
     return z.flatten(1).amax(dim=1)
 
 
-def bn_scores(bn: nn.BatchNorm2d) -> torch.Tensor:
-    """r_c = |γ_c| / sqrt(running_var_c + eps)."""
-    return bn.weight.detach().float().abs() / torch.sqrt(bn.running_var.detach().float() + bn.eps)
+def bn_scores(bn: nn.BatchNorm2d, eps: bool = True) -> torch.Tensor:
+    """r_c = |γ_c| / sqrt(running_var_c + eps) (``eps=False``: the release's |γ_c| / sqrt(running_var_c))."""
+    var = bn.running_var.detach().float()
+    return bn.weight.detach().float().abs() / torch.sqrt(var + bn.eps if eps else var)
 
 
 def scored_layers(model: nn.Module) -> tuple[dict[str, nn.Conv2d], dict[str, nn.BatchNorm2d], list[str]]:
@@ -125,10 +137,16 @@ def scored_layers(model: nn.Module) -> tuple[dict[str, nn.Conv2d], dict[str, nn.
     return convs, bns, skipped
 
 
+# The release's hard-coded "PGN" layers: module names of backdoor-toolbox's VGG-16-BN.
+RELEASED_PGN = tuple(f"features.{i}" for i in range(12, 39))
+
+
 def select_layers(names: list[str], spec) -> list[str]:
-    """The names matched by ``spec`` ("all" or a list of names / fnmatch patterns)."""
+    """The names matched by ``spec`` ("all", "released" or a list of names / fnmatch patterns)."""
     if spec in (None, "all"):
         return list(names)
+    if spec == "released":  # exact VGG names (under the study's model wrapper); may match nothing
+        return [n for n in names if any(n == g or n.endswith("." + g) for g in RELEASED_PGN)]
     if isinstance(spec, str):
         spec = [spec]
     chosen = []
@@ -158,6 +176,7 @@ def inspect(model: nn.Module, u: float, conv_coef: float = 0.5, threshold_layers
     ``masks`` (name → bool tensor, True = already pruned) removes dead channels from statistics.
     """
     masks = masks or {}
+    released = threshold_layers == "released"
     convs, bns, skipped = scored_layers(model)
     names = list(convs) + list(bns)
     chosen = set(select_layers(names, threshold_layers))
@@ -166,18 +185,18 @@ def inspect(model: nn.Module, u: float, conv_coef: float = 0.5, threshold_layers
         return ~masks[name] if name in masks else torch.ones(n, dtype=torch.bool)
 
     for kind, layers in (("conv", convs), ("BN", bns)):
-        if layers and not chosen & set(layers):
+        if layers and not chosen & set(layers) and not released:
             raise ValueError(f"sibp.threshold_layers selects no {kind} layer, so T_{kind.lower()} "
                              "is undefined (the released code silently used 1); add one of: "
                              + ", ".join(layers))
     s = {n: conv_scores(m.weight).cpu() for n, m in convs.items()}
-    r = {n: bn_scores(m).cpu() for n, m in bns.items()}
+    r = {n: bn_scores(m, eps=not released).cpu() for n, m in bns.items()}
     conv_pool = [s[n][alive(n, len(s[n]))] for n in convs if n in chosen]
     bn_means = [r[n][alive(n, len(r[n]))].mean() for n in bns if n in chosen]
     conv_pool = torch.cat(conv_pool) if conv_pool else torch.empty(0)
-    t_conv = conv_pool.mean().item() if conv_pool.numel() else float("nan")
+    t_conv = conv_pool.mean().item() if conv_pool.numel() else (1.0 if released else float("nan"))
     bn_means = [v for v in bn_means if torch.isfinite(v)]
-    t_bn = torch.stack(bn_means).mean().item() if bn_means else float("nan")
+    t_bn = torch.stack(bn_means).mean().item() if bn_means else (1.0 if released else float("nan"))
     prune = {**{n: _outliers(s[n], alive(n, len(s[n])), conv_coef, t_conv) for n in convs},
              **{n: _outliers(r[n], alive(n, len(r[n])), u, t_bn) for n in bns}}
     return {"t_conv": t_conv, "t_bn": t_bn, "prune": prune, "skipped": skipped,
@@ -220,7 +239,7 @@ def _schedule(params: dict) -> list[tuple[float, float, int]]:
 # -- Step D and the rounds -------------------------------------------------------------------------
 
 def purify(model, clean, params, gen, device):
-    p = SIBP.of(params)
+    p = SIBP.resolve(params)
     model.to(device)
     hard = bool(p.hard_mask)
     masks: dict[str, torch.Tensor] = {}

@@ -45,6 +45,14 @@ class Defense(DefenseDefaults):
     def family(cls) -> str:
         return "defense"
 
+    @classmethod
+    def resolve(cls, params=None) -> "Defense":
+        """``cls.of(params)``, or that of the declared subtype that ``params["type"]`` names (the
+        ``<method>_released`` declarations share their corrected twin's module)."""
+        kind = (params or {}).get("type", cls.kind) if params is not None else cls.kind
+        sub = DEFENSES.get(kind)
+        return (sub if sub is not None and issubclass(sub, cls) else cls).of(params)
+
 
 def _fraction(default: float, doc: str):
     return param(default, doc, gt=0, lt=1)
@@ -72,7 +80,20 @@ class FIP(Defense, Fit):
     probes: int = param(20, "Hutchinson probe vectors per trace evaluation", ge=1)
     probe: str = param("rademacher", "probe distribution", choices=("rademacher", "gaussian"))
     fisher_batch: int = param(100, "per-sample gradients computed this many at a time", ge=1)
-    released: bool = param(False, "true: the released code's zero-mean projection, no retainer")
+    fisher: str = param("per_sample", "retainer's diagonal Fisher: per_sample (eval mode) | batch_mean (the "
+                                      "release's disabled estimator: squared mean gradient per batch)",
+                        choices=("per_sample", "batch_mean"))
+    released: bool = param(False, "true: the released code's B×B log-likelihood, zero-mean projection, "
+                                  "no retainer")
+
+
+@defense("fip_released", "backdoor.defenses.fip")
+class FIPReleased(FIP):
+    """FIP as released (methods.md §2.3): the release's objective and augmentation (crop pad 4)."""
+
+    crop_pad: int = CROP_PAD(4)
+    released: bool = param(True, "true: the released code's B×B log-likelihood, zero-mean projection, "
+                                 "no retainer")
 
 
 @defense("fast_fip", "backdoor.defenses.fast_fip")
@@ -97,6 +118,18 @@ class NFT(Defense, Fit):
     mask_first_bn: bool = param(True, "false: leave the first BN in forward order unmasked")
     bn_stats: str = param("update", "train-mode BN (update) or eval-mode BN (frozen) while masks train",
                           choices=("update", "frozen"))
+    lr_rounds: int = param(0, "0: the cosine moves every step; k: once per 1/k of the run (the "
+                              "release's per-round scheduler)", ge=0)
+
+
+@defense("nft_released", "backdoor.defenses.nft")
+class NFTReleased(NFT):
+    """NFT as released (``Remove_Backdoor.py``, methods.md §3.3)."""
+
+    crop_pad: int = CROP_PAD(4)
+    mask_first_bn: bool = param(False, "false: leave the first BN in forward order unmasked")
+    lr_rounds: int = param(5, "0: the cosine moves every step; k: once per 1/k of the run (the "
+                              "release's per-round scheduler)", ge=0)
 
 
 @defense("fmp", "backdoor.defenses.fmp")
@@ -113,6 +146,17 @@ class FMP(Defense, Fit):
     zero_bn_beta: bool = param(True, "zero β of a pruned map's BN too")
     hard_mask: bool = param(True, "keep pruned maps at zero while fine-tuning")
     chunk_images: int = param(1024, "images per sensitivity pass (memory)", ge=1)
+
+
+@defense("fmp_released", "backdoor.defenses.fmp")
+class FMPReleased(FMP):
+    """FMP as released (``defense/fgsm-feature.py``, methods.md §4.3): ⌊C/64⌋ maps, γ only, no mask."""
+
+    crop_pad: int = CROP_PAD(4)
+    rounding: str = param("floor", "maps pruned per layer: ceil | floor | round of ratio × channels",
+                          choices=("ceil", "floor", "round"))
+    zero_bn_beta: bool = param(False, "zero β of a pruned map's BN too")
+    hard_mask: bool = param(False, "keep pruned maps at zero while fine-tuning")
 
 
 @defense("sibp", "backdoor.defenses.sibp")
@@ -133,10 +177,23 @@ class SIBP(Defense, Optimiser, Schedule, Augmentation):
         if len(set(lengths.values())) > 1 or 0 in lengths.values():
             problems.append(("u", f"u, conv_coef and epochs give {lengths} values: give one value, or one "
                                   "per round (the same number of rounds) in each list"))
-        if isinstance(self.threshold_layers, str) and self.threshold_layers != "all":
-            problems.append(("threshold_layers", f"{self.threshold_layers!r}: write all, or a list of layer "
-                                                 "names / patterns"))
+        if isinstance(self.threshold_layers, str) and self.threshold_layers not in ("all", "released"):
+            problems.append(("threshold_layers", f"{self.threshold_layers!r}: write all, released, or a list "
+                                                 "of layer names / patterns"))
         return problems
+
+
+@defense("sibp_released", "backdoor.defenses.sibp")
+class SIBPReleased(SIBP):
+    """SIBP as released (``defense.py::SIBP`` + ``fine_training.py``, methods.md §5.3), CIFAR-10 badnet
+    entry of ``SIBP_config.py`` (u 1.9, 7 epochs)."""
+
+    crop_pad: int = CROP_PAD(4)
+    epochs: int | list[int] = param(7, "fine-tuning epochs after pruning (a list: one per round)", ge=0)
+    threshold_layers: str | list[str] = param("released", "layers the thresholds pool: all, released (the "
+                                                          "VGG-16-BN names; T = 1 when none matches), or "
+                                                          "names / fnmatch patterns")
+    hard_mask: bool = param(False, "keep pruned channels at zero while fine-tuning")
 
 
 @defense("fp", "backdoor.defenses.fp")

@@ -1,0 +1,158 @@
+"""Ablation: each seed method as released, then the study's corrections added one at a time.
+
+Runs on one trained model and scores every variant on VALIDATION data, never the test set:
+
+- ACC: the defender's pool images that the defense was not given (``pool_idx`` minus the clean
+  draw of this budget and defense seed);
+- ASR: the same images with the attack's trigger (``Attack.apply_trigger``), non-target labels only
+  (all-to-one), scored against the attacker's label.
+
+Not a test (CPU minutes per variant). Example, one torch thread:
+
+    OMP_NUM_THREADS=1 python3 benchmarks/ablation.py --method nft --attack badnets --seed 0
+
+Each chain starts at ``<method>_released`` and adds one correction per row (the settings of row k
+are those of row k − 1 plus the row's change); the last row is the study's ``<method>``. ``--only``
+runs a subset of the rows by number; ``--report FILE`` prints the tables of an ``--out`` file.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library
+import argparse
+import json
+import time
+
+import torch
+
+from backdoor.attacks import build_attack
+from backdoor.data.tensors import TensorSet
+from backdoor.io import load_tensors
+from backdoor.metrics import evaluate
+from backdoor.models import load_checkpoint
+from backdoor.schema.defenses import DEFENSES
+from backdoor.steps import attack_context, clean_indices, run_defense, seed_generator
+
+# (label, change to the previous row's settings); the first row is the released type as declared.
+CHAINS = {
+    "fip": [
+        ("fip_released", {"type": "fip_released"}),
+        ("+ study augmentation (crop pad 2)", {"crop_pad": 2}),
+        ("+ gather log-lik, Hutchinson trace (no retainer)", {"type": "fip", "released": False, "eta_r": 0.0}),
+        ("+ retainer, release's estimator, weight 5", {"eta_r": 5.0, "fisher": "batch_mean"}),
+        ("+ per-sample Fisher (eval mode), weight 5", {"fisher": "per_sample"}),
+        ("+ η_r = 1 (= fip)", {"eta_r": 1.0}),
+    ],
+    "nft": [
+        ("nft_released", {"type": "nft_released"}),
+        ("+ study augmentation (crop pad 2)", {"crop_pad": 2}),
+        ("+ cosine per step (not per 200-step round)", {"lr_rounds": 0}),
+        ("+ first BN masked (= nft)", {"type": "nft", "mask_first_bn": True}),
+    ],
+    "fmp": [
+        ("fmp_released", {"type": "fmp_released"}),
+        ("+ study augmentation (crop pad 2)", {"crop_pad": 2}),
+        ("+ ⌈C/64⌉ rounding", {"rounding": "ceil"}),
+        ("+ BN β zeroed, hard mask (= fmp)", {"type": "fmp", "zero_bn_beta": True, "hard_mask": True}),
+    ],
+    "sibp": [
+        ("sibp_released", {"type": "sibp_released"}),
+        ("+ study augmentation, 10 epochs", {"crop_pad": 2, "epochs": 10}),
+        ("+ thresholds pooled over all layers", {"threshold_layers": "all"}),
+        ("+ hard mask (= sibp)", {"type": "sibp", "hard_mask": True}),
+    ],
+}
+
+
+def validation_sets(prepared: dict, poisoned: dict, budget: int, sampling: str, defense_seed: int):
+    """(clean validation set, triggered validation set): the pool minus the defense's clean draw."""
+    given = clean_indices(prepared, budget, sampling, seed_generator("clean", budget, defense_seed))
+    pool = prepared["pool_idx"]
+    val = pool[~torch.isin(pool, given)].sort().values
+    clean = TensorSet(prepared["train_x"][val], prepared["train_y"][val])
+    attack = build_attack(poisoned["params"]["type"], poisoned["params"], attack_context(prepared))
+    return clean, attack.triggered_test(clean), len(given)
+
+
+def report(path: str) -> None:
+    """Markdown tables of a ``--out`` file: one row per chain step, val ACC / ASR per model seed."""
+    records = [json.loads(line) for line in open(path)]
+    for method in CHAINS:
+        for attack in sorted({r["attack"] for r in records if r["method"] == method}):
+            mine = [r for r in records if r["method"] == method and r["attack"] == attack]
+            runs = sorted({(r["seed"], r["defense_seed"]) for r in mine})
+            print(f"\n{method} on {attack}: validation ACC / ASR per (model seed, defense seed)\n")
+            print("| step | " + " | ".join(f"s{s} d{d}" for s, d in runs) + " |")
+            print("|---" * (len(runs) + 1) + "|")
+            base = {(r["seed"], r["defense_seed"]): r for r in mine}
+            print("| backdoored | " + " | ".join(f"{base[k]['base_acc']:.2f} / {base[k]['base_asr']:.2f}"
+                                              for k in runs) + " |")
+            for k, (label, _) in enumerate(CHAINS[method]):
+                cells = {(r["seed"], r["defense_seed"]): r for r in mine if r["row"] == k}
+                if cells:
+                    print(f"| {k}. {label} | " + " | ".join(
+                        f"{cells[c]['val_acc']:.2f} / {cells[c]['val_asr']:.2f}" if c in cells else "—"
+                        for c in runs) + " |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--report", metavar="JSONL", help="print the tables of an --out file and exit")
+    ap.add_argument("--method", choices=sorted(CHAINS))
+    ap.add_argument("--dataset", default="fashion_mnist")
+    ap.add_argument("--model", default="cnn")
+    ap.add_argument("--attack", default="badnets")
+    ap.add_argument("--seed", type=int, default=0, help="the model's training seed")
+    ap.add_argument("--defense-seed", type=int, default=0)
+    ap.add_argument("--budget", type=int, default=600)
+    ap.add_argument("--only", default="", help="comma-separated row numbers (0 = released) to run")
+    ap.add_argument("--out", help="append one JSON line per row here")
+    args = ap.parse_args()
+    if args.report:
+        return report(args.report)
+    if not args.method:
+        ap.error("--method is required")
+    torch.set_num_threads(1)
+
+    prepared = load_tensors(f"data/prepared/{args.dataset}.pt")
+    poisoned = load_tensors(f"data/poisoned/{args.dataset}/{args.attack}.pt")
+    ckpt = f"results/models/{args.dataset}/{args.model}/{args.attack}/seed{args.seed}.pt"
+    device = torch.device("cpu")
+    rows = [int(r) for r in args.only.split(",") if r != ""] or list(range(len(CHAINS[args.method])))
+
+    settings: dict = {}
+    base = None
+    print(f"| {args.attack} seed {args.seed} d{args.defense_seed} | val ACC | val ASR | seconds |\n|---|---|---|---|",
+          flush=True)
+    for k, (label, change) in enumerate(CHAINS[args.method]):
+        settings = {**settings, **change}
+        if k not in rows:
+            continue
+        spec = DEFENSES[settings["type"]].of(settings)
+        clean, triggered, n_given = validation_sets(prepared, poisoned, args.budget, spec.clean_sampling,
+                                                    args.defense_seed)
+        if base is None:
+            base = evaluate(load_checkpoint(ckpt).eval(), clean, triggered)
+            print(f"| backdoored ({len(clean)} val images, {len(triggered)} triggered) | {base['acc']:.2f} | "
+                  f"{base['asr']:.2f} | |", flush=True)
+        defense_id = settings["type"]  # the random stream follows the type's id, as in the study
+        start = time.perf_counter()
+        model, info, _, _ = run_defense(prepared, load_checkpoint(ckpt), defense_id, spec.to_dict(), args.budget,
+                                        args.defense_seed, device, "fp32")
+        scores = evaluate(model.eval(), clean, triggered)
+        seconds = time.perf_counter() - start
+        print(f"| {k}. {label} | {scores['acc']:.2f} | {scores['asr']:.2f} | {seconds:.0f} |", flush=True)
+        if args.out:
+            with open(args.out, "a") as fh:
+                fh.write(json.dumps({"method": args.method, "row": k, "label": label, "attack": args.attack,
+                                     "seed": args.seed, "defense_seed": args.defense_seed,
+                                     "settings": spec.to_dict(), "val_acc": scores["acc"],
+                                     "val_asr": scores["asr"], "base_acc": base["acc"], "base_asr": base["asr"],
+                                     "seconds": seconds}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
