@@ -38,6 +38,33 @@ def test_bf16_runs_convolutions_in_bf16_and_keeps_fp32_master_weights():
     assert result.steps == 4 and torch.isfinite(torch.tensor(result.final_loss))
 
 
+def test_bf16_forwards_see_the_weights_as_they_are_now():
+    """A job runs inside one autocast context: each forward must use the current weights, not a copy
+    cached at the first forward (with autocast's cache a model trained under bf16 never learned)."""
+    model, x = tiny_cnn(0).eval(), torch.rand(8, 1, 28, 28)
+    with BF16:
+        before = model(x)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() > 1:  # the weights autocast casts to bf16 (convolutions, the classifier)
+                    p.mul_(-1)
+        after = model(x)
+    assert not torch.allclose(before, after)
+
+
+def test_bf16_training_lowers_the_loss_like_fp32():
+    data = tiny_data(256)
+    finals = {}
+    for precision in ("fp32", "bf16"):
+        model = tiny_cnn(0)
+        with D.autocast(precision, "cpu"):
+            result = fit(model, data, FitConfig(lr=0.05, iterations=60, batch_size=32, crop_pad=0, flip=False),
+                         gen=torch.Generator().manual_seed(0), log=lambda *_: None)
+        finals[precision] = (result.losses[0], sum(result.losses[-10:]) / 10)
+    (start, fp32), (_, bf16) = finals["fp32"], finals["bf16"]
+    assert fp32 < start - 0.2 and abs(bf16 - fp32) < 0.25 * (start - fp32), finals  # random labels: slow
+
+
 def test_the_fisher_diagonal_is_computed_in_fp32_under_bf16():
     model, data = tiny_cnn(0), tiny_data(12)
     named = dict(model.named_parameters())

@@ -59,10 +59,14 @@ def resolve_precision(requested: str, device: torch.device | str) -> str:
 
 
 def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
-    """The context a job's computation runs in: bf16 autocast, or nothing for fp32."""
+    """The context a job's computation runs in: bf16 autocast, or nothing for fp32.
+
+    Without autocast's weight cache: the cache keeps the bf16 copy of each weight until the outermost
+    context exits, and a whole training loop runs inside this one, so every forward would see the
+    initial weights (the model would never learn)."""
     device = torch.device(device)
     if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     if precision == "fp32":
         return contextlib.nullcontext()
     raise ValueError(f"precision {precision!r}: resolve 'auto' first (resolve_precision)")
