@@ -300,7 +300,7 @@ def test_a_corrupt_object_in_the_local_cache_is_detected_and_not_published(origi
 def test_exp_run_reruns_only_the_ft_cells_and_exp_show_lists_them(origin, tmp_path):
     consumer = clone(origin, tmp_path / "exp")
     sh("make fetch-results", consumer)
-    out = sh("dvc exp run -S defenses.ft.lr=0.02", consumer)
+    out = sh("dvc exp run -S ++defenses.ft.lr=0.02", consumer)  # ++: the key is at its default, absent
     ran = set(re.findall(r"Running stage '([^']+)'", out))
     ft = {f"{rule}@fashion_mnist-cnn-{a}-ft-50-0-0" for a in ["benign", "badnets", "blend"]
           for rule in ("purify", "smoothness")}
