@@ -70,14 +70,23 @@ def reference_costs(results: Path) -> dict:
         values = sorted(values)
         return values[len(values) // 2] if values else None
 
-    models = [json.loads(p.read_text()) for p in results.glob("models/*/*/*/seed*.json")]
-    runs = [json.loads(p.read_text()) for p in results.glob("runs/*/*/*/*/*.json")]
+    def records(pattern):  # each metrics json with its timings (<name>.time.json beside it) merged in
+        out = []
+        for path in results.glob(pattern):
+            if path.name.endswith(".time.json"):
+                continue
+            timing = path.with_name(path.name[: -len(".json")] + ".time.json")
+            out.append({**json.loads(path.read_text()), **(json.loads(timing.read_text()) if timing.exists() else {})})
+        return out
+
+    models = records("models/*/*/*/seed*.json")
+    runs = records("runs/*/*/*/*/*.json")
     if not models or not runs:
         raise SystemExit(f"{results} holds no finished study (results/models and results/runs are empty)")
     by_type: dict[str, list] = {}
     for run in runs:
         by_type.setdefault(run["defense_type"], []).append(run)
-    smooth = [json.loads(p.read_text())["seconds"] for p in results.glob("smoothness/*/*/*/*/*.json")]
+    smooth = [r["seconds"] for r in records("smoothness/*/*/*/*/*.json") if "seconds" in r]
     crafts = {}
     for path in results.glob("assets/*/*.pt"):
         crafts[path.stem] = torch.load(path, map_location="cpu", weights_only=False).get("craft_seconds")
