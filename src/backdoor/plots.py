@@ -124,7 +124,8 @@ def place_labels(ax, xs, ys, texts, fontsize=6) -> list:
     axbox = ax.get_window_extent(renderer)
     points = [ax.transData.transform((x, y)) for x, y in zip(xs, ys)]
     pad = 3.5 * fig.dpi / 72  # a marker's radius, in pixels
-    taken = [t.get_window_extent(renderer).expanded(1.04, 1.2) for t in ax.texts]  # labels already there
+    gap = 1.0 * fig.dpi / 72  # 1 pt of white around every label: short ones must not abut
+    taken = [t.get_window_extent(renderer).padded(gap) for t in ax.texts]  # labels already there
     artists = []
     for (x, y), text in zip(zip(xs, ys), texts):
         chosen = None
@@ -135,7 +136,7 @@ def place_labels(ax, xs, ys, texts, fontsize=6) -> list:
                               ha=ha, va="bottom",
                               arrowprops=dict(arrowstyle="-", lw=0.4, color="0.5", shrinkA=0, shrinkB=2) if far else None)
             art.update_positions(renderer)
-            box = Text.get_window_extent(art, renderer).expanded(1.04, 1.08)  # the text, not its leader line
+            box = Text.get_window_extent(art, renderer).padded(gap)  # the text, not its leader line
             clash = (any(box.overlaps(b) for b in taken)
                      or any(box.x0 - pad < px < box.x1 + pad and box.y0 - pad < py < box.y1 + pad for px, py in points)
                      or box.x0 < axbox.x0 or box.x1 > axbox.x1 or box.y0 < axbox.y0 or box.y1 > axbox.y1)
