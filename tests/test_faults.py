@@ -195,13 +195,10 @@ def test_sigint_during_the_study_then_the_same_command_finishes_it(base, referen
     incomplete, which stops a plain rerun unless the default profile's rerun-incomplete is loaded."""
     cwd = project(base, "interrupted")
     models = cwd / "results/models/fashion_mnist/cnn/badnets"
+    models.mkdir(parents=True)  # watched before the study starts: a fast train job cannot slip past the watch
+    watch = Inotify(models, renamed=True)
     proc = subprocess.Popen("workflow/scripts/run_all.sh", shell=True, cwd=cwd, env=ENV, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 600
-    while not models.is_dir():
-        assert proc.poll() is None and time.monotonic() < deadline, "the study ended before training badnets"
-        time.sleep(0.02)
-    watch = Inotify(models, renamed=True)
     try:
         watch.wait_for("seed0.pt")
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does: the whole foreground group
