@@ -121,6 +121,13 @@ def _groups(frame: pd.DataFrame):
     return frame.groupby(GROUP, sort=False)
 
 
+def per_metric(part: pd.DataFrame, decimals: int):
+    """(metric, label, means, stds, best) per metric of one group's runs, as every table shows them."""
+    for metric, label in METRICS.items():
+        means, stds = pivot(part, metric)
+        yield metric, label, means, stds, best_cells(means, metric, decimals)
+
+
 def markdown_report(frame: pd.DataFrame) -> str:
     parts = ["# Results\n",
              "ACC, ASR and RA in percent on the test set; DER = (max(0, ΔASR) − max(0, ΔACC) + 100) / 2 "
@@ -130,9 +137,7 @@ def markdown_report(frame: pd.DataFrame) -> str:
              "— = left out by study.skip.\n"]
     for (dataset, model, budget), part in _groups(frame):
         parts.append(f"\n## {dataset} · {model} · clean budget {budget}\n")
-        for metric, label in METRICS.items():
-            means, stds = pivot(part, metric)
-            best = best_cells(means, metric, 2)
+        for _, label, means, stds, best in per_metric(part, 2):
             cells = pd.DataFrame({d: [("**{}**" if best.at[a, d] else "{}").format(
                 _cell(means.at[a, d], stds.at[a, d], 2, "md")) for a in means.index] for d in means.columns},
                 index=means.index)
@@ -156,9 +161,7 @@ def latex_table(part: pd.DataFrame, caption: str, label: str) -> str:
     lines = [r"\begin{table*}[t]", r"\centering", r"\caption{" + _tex(caption) + "}", r"\label{" + label + "}",
              r"\resizebox{\textwidth}{!}{%", r"\begin{tabular}{l" + "c" * len(defenses) + "}", r"\toprule",
              "attack & " + " & ".join(_tex(d) for d in defenses) + r" \\"]
-    for metric, label_m in METRICS.items():
-        means, stds = pivot(part, metric)
-        best = best_cells(means, metric, 1)
+    for metric, label_m, means, stds, best in per_metric(part, 1):
         arrow = r"$\uparrow$" if HIGHER_IS_BETTER[metric] else r"$\downarrow$"
         lines += [r"\midrule", rf"\multicolumn{{{len(defenses) + 1}}}{{l}}{{\textit{{{label_m} (\%) {arrow}}}}} \\"]
         for attack in means.index:
@@ -278,9 +281,7 @@ def html_report(frame: pd.DataFrame) -> str:
              "(study.skip).</p>"]
     for (dataset, model, budget), part in _groups(frame):
         parts.append(f"<h2>{html.escape(f'{dataset} · {model} · clean budget {budget}')}</h2>")
-        for metric, label in METRICS.items():
-            means, stds = pivot(part, metric)
-            best = best_cells(means, metric, 2)
+        for _, label, means, stds, best in per_metric(part, 2):
             rows = ["<tr><th>attack</th>" + "".join(f"<th>{html.escape(str(d))}</th>" for d in means.columns) + "</tr>"]
             for a in means.index:
                 cells = []
