@@ -14,7 +14,6 @@ Prints a table per job class and the projected wall time for ``--lanes`` single-
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter
@@ -29,6 +28,7 @@ from backdoor import params as P  # noqa: E402
 from backdoor.data import get_dataset  # noqa: E402
 from backdoor.data.tensors import TensorSet  # noqa: E402
 from backdoor.device import autocast, resolve_precision  # noqa: E402
+from backdoor.io import read_record  # noqa: E402
 from backdoor.models import build_model  # noqa: E402
 from backdoor.training import FitConfig, fit  # noqa: E402
 
@@ -70,14 +70,8 @@ def reference_costs(results: Path) -> dict:
         values = sorted(values)
         return values[len(values) // 2] if values else None
 
-    def records(pattern):  # each metrics json with its timings (<name>.time.json beside it) merged in
-        out = []
-        for path in results.glob(pattern):
-            if path.name.endswith(".time.json"):
-                continue
-            timing = path.with_name(path.name[: -len(".json")] + ".time.json")
-            out.append({**json.loads(path.read_text()), **(json.loads(timing.read_text()) if timing.exists() else {})})
-        return out
+    def records(pattern):  # each metrics json with its timings merged back
+        return [read_record(path) for path in results.glob(pattern) if not path.name.endswith(".time.json")]
 
     models = records("models/*/*/*/seed*.json")
     runs = records("runs/*/*/*/*/*.json")
