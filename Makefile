@@ -10,7 +10,7 @@ BIN := $(if $(findstring /,$(PYTHON)),$(abspath $(dir $(PYTHON))))
 export PATH := $(if $(BIN),$(BIN):)$(PATH)
 
 .PHONY: setup study test test-fast lint dvc.yaml status verify publish fetch-results figures bench clean \
-	study-cause study-cifar10 study-full study-released
+	study-cause study-cifar10 study-full study-released study-paper setup-slurm test-slurm
 
 setup:  ## install system + Python dependencies into .venv (idempotent)
 	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
@@ -73,5 +73,14 @@ study-cifar10: setup  ## the seed papers' setting on CPU: CIFAR-10 × PreAct-Res
 study-released: setup  ## the seed methods next to their released twins on badnets and blend (profiles/released.yaml)
 	snakemake --cores $(CORES) --configfile profiles/released.yaml all  # Snakemake only: dvc.yaml follows params.yaml
 
+study-paper: setup  ## the seed papers' setting on one GPU: CIFAR-10 × PreAct-ResNet18 w64, 3 × 3 seeds (profiles/paper.yaml)
+	snakemake --cores $(CORES) --resources gpu=1 --configfile profiles/paper.yaml all  # Snakemake only: dvc.yaml follows params.yaml
+
 study-full: setup  ## every attack × defense × 3 training seeds × 3 defense seeds × both models (days on 2 cores)
 	snakemake --cores $(CORES) --configfile profiles/full.yaml all  # Snakemake only: dvc.yaml follows params.yaml
+
+setup-slurm: setup  ## the pinned SLURM executor plugin (profiles/slurm), into the same environment
+	$(PYTHON) -m pip install -q -r envs/slurm.txt
+
+test-slurm: setup-slurm  ## the opt-in SLURM test: a one-node cluster on 127.0.0.1 runs the tiny study (root; minutes)
+	$(PYTHON) -m pytest -q -p no:cacheprovider -m slurm -s tests/test_slurm.py

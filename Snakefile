@@ -41,6 +41,16 @@ include: "workflow/rules/figures.smk"
 include: "workflow/rules/report.smk"
 
 
+# On a cluster (profiles/slurm) these run on the submitting host: downloads need its network, and
+# the tables, figures and report are seconds of work on small files.
+localrules:
+    all,
+    download,
+    aggregate,
+    report,
+    tsne,
+
+
 rule all:
     default_target: True
     input:

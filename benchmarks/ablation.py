@@ -14,6 +14,11 @@ Not a test (CPU minutes per variant). Example, one torch thread:
 Each chain starts at ``<method>_released`` and adds one correction per row (the settings of row k
 are those of row k − 1 plus the row's change); the last row is the study's ``<method>``. ``--only``
 runs a subset of the rows by number; ``--report FILE`` prints the tables of an ``--out`` file.
+
+``--grid KEY=V1,V2,…`` (repeatable) instead runs the study's ``<method>`` once per combination of the
+given values, on the same validation data; ``--report`` then prints each grid and the cell the
+study's rule picks: the lowest validation ASR among cells that keep validation ACC within
+``MAX_ACC_DROP`` points of the backdoored model (the papers' target), ties to the higher ACC.
 """
 
 from __future__ import annotations
@@ -67,6 +72,39 @@ CHAINS = {
 }
 
 
+MAX_ACC_DROP = 3.0  # points of validation ACC a chosen constant may cost (the papers' "≤ 3 ACC" target)
+
+
+def pick(cells: list[dict]) -> dict | None:
+    """The grid cell the selection rule chooses (None if every cell costs more than MAX_ACC_DROP)."""
+    allowed = [c for c in cells if c["base_acc"] - c["val_acc"] <= MAX_ACC_DROP]
+    return min(allowed, key=lambda c: (c["val_asr"], -c["val_acc"])) if allowed else None
+
+
+def parse_grid(items: list[str]) -> list[dict]:
+    """``["eta_f=0.005,0.05", "eta_r=0,1"]`` → every combination as a settings dict (numbers, else YAML)."""
+    import itertools
+
+    import yaml
+
+    def value(text: str):
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return yaml.safe_load(text)
+
+    keys, values = [], []
+    for item in items:
+        key, sep, vals = item.partition("=")
+        if not sep or not vals:
+            raise SystemExit(f"--grid {item!r}: expected KEY=V1,V2,… (e.g. eta_r=0,0.1,1)")
+        keys.append(key)
+        values.append([value(v) for v in vals.split(",")])
+    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
 def validation_sets(prepared: dict, poisoned: dict, budget: int, sampling: str, defense_seed: int):
     """(clean validation set, triggered validation set): the pool minus the defense's clean draw."""
     given = clean_indices(prepared, budget, sampling, seed_generator("clean", budget, defense_seed))
@@ -81,8 +119,10 @@ def report(path: str) -> None:
     """Markdown tables of a ``--out`` file: one row per chain step, val ACC / ASR per model seed."""
     records = [json.loads(line) for line in open(path)]
     for method in CHAINS:
-        for attack in sorted({r["attack"] for r in records if r["method"] == method}):
-            mine = [r for r in records if r["method"] == method and r["attack"] == attack]
+        for attack in sorted({r["attack"] for r in records if r["method"] == method and "row" in r}):
+            mine = [r for r in records if r["method"] == method and r["attack"] == attack and "row" in r]
+            if not mine:
+                continue
             runs = sorted({(r["seed"], r["defense_seed"]) for r in mine})
             print(f"\n{method} on {attack}: validation ACC / ASR per (model seed, defense seed)\n")
             print("| step | " + " | ".join(f"s{s} d{d}" for s, d in runs) + " |")
@@ -96,6 +136,19 @@ def report(path: str) -> None:
                     print(f"| {k}. {label} | " + " | ".join(
                         f"{cells[c]['val_acc']:.2f} / {cells[c]['val_asr']:.2f}" if c in cells else "—"
                         for c in runs) + " |")
+    grids = [r for r in records if "grid" in r]
+    for key in sorted({(r["method"], r["attack"], r["seed"], r["defense_seed"]) for r in grids}):
+        cells = [r for r in grids if (r["method"], r["attack"], r["seed"], r["defense_seed"]) == key]
+        chosen = pick(cells)
+        print(f"\n{key[0]} grid on {key[1]}, model seed {key[2]}, defense seed {key[3]} (backdoored "
+              f"{cells[0]['base_acc']:.2f} / {cells[0]['base_asr']:.2f}): validation ACC / ASR\n")
+        print("| settings | val ACC | val ASR | seconds |\n|---|---|---|---|")
+        for c in sorted(cells, key=lambda c: json.dumps(c["grid"], sort_keys=True)):
+            mark = " **← chosen**" if c is chosen else ""
+            label = ", ".join(f"{k} = {v}" for k, v in c["grid"].items())
+            print(f"| {label}{mark} | {c['val_acc']:.2f} | {c['val_asr']:.2f} | {c['seconds']:.0f} |")
+        if chosen is None:
+            print(f"\nno cell keeps validation ACC within {MAX_ACC_DROP} points")
 
 
 def main() -> None:
@@ -109,6 +162,8 @@ def main() -> None:
     ap.add_argument("--defense-seed", type=int, default=0)
     ap.add_argument("--budget", type=int, default=600)
     ap.add_argument("--only", default="", help="comma-separated row numbers (0 = released) to run")
+    ap.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                    help="run the study's <method> per combination of these settings (repeatable)")
     ap.add_argument("--out", help="append one JSON line per row here")
     args = ap.parse_args()
     if args.report:
@@ -123,14 +178,20 @@ def main() -> None:
     device = torch.device("cpu")
     rows = [int(r) for r in args.only.split(",") if r != ""] or list(range(len(CHAINS[args.method])))
 
-    settings: dict = {}
+    jobs = []  # (row, label, settings, grid cell or None)
+    if args.grid:
+        for cell in parse_grid(args.grid):
+            jobs.append((None, ", ".join(f"{k} = {v}" for k, v in cell.items()), {"type": args.method, **cell}, cell))
+    else:
+        settings: dict = {}
+        for k, (label, change) in enumerate(CHAINS[args.method]):
+            settings = {**settings, **change}
+            if k in rows:
+                jobs.append((k, label, settings, None))
     base = None
     print(f"| {args.attack} seed {args.seed} d{args.defense_seed} | val ACC | val ASR | seconds |\n|---|---|---|---|",
           flush=True)
-    for k, (label, change) in enumerate(CHAINS[args.method]):
-        settings = {**settings, **change}
-        if k not in rows:
-            continue
+    for k, label, settings, cell in jobs:
         spec = DEFENSES[settings["type"]].of(settings)
         clean, triggered, n_given = validation_sets(prepared, poisoned, args.budget, spec.clean_sampling,
                                                     args.defense_seed)
@@ -144,10 +205,12 @@ def main() -> None:
                                         args.defense_seed, device, "fp32")
         scores = evaluate(model.eval(), clean, triggered)
         seconds = time.perf_counter() - start
-        print(f"| {k}. {label} | {scores['acc']:.2f} | {scores['asr']:.2f} | {seconds:.0f} |", flush=True)
+        print(f"| {label if k is None else f'{k}. {label}'} | {scores['acc']:.2f} | {scores['asr']:.2f} | "
+              f"{seconds:.0f} |", flush=True)
         if args.out:
+            where = {"row": k} if cell is None else {"grid": cell}
             with open(args.out, "a") as fh:
-                fh.write(json.dumps({"method": args.method, "row": k, "label": label, "attack": args.attack,
+                fh.write(json.dumps({"method": args.method, **where, "label": label, "attack": args.attack,
                                      "seed": args.seed, "defense_seed": args.defense_seed,
                                      "settings": spec.to_dict(), "val_acc": scores["acc"],
                                      "val_asr": scores["asr"], "base_acc": base["acc"], "base_asr": base["asr"],

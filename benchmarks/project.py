@@ -9,11 +9,17 @@ times measured now, on random tensors of each shape (same precision, one thread,
 and by the profile's epochs, training-set size and job counts. Defense budgets are in iterations, so
 a defense's cost scales with the step time (epoch-based ones, like sibp, also with the clean budget).
 Prints a table per job class and the projected wall time for ``--lanes`` single-thread jobs at once.
+
+``--gpu-tflops R`` adds a GPU column: each job's projected CPU time converted at the ratio of this
+CPU's measured FLOP rate on the profile's training step (FLOPs counted by torch's FlopCounterMode,
+forward + backward) to R, an assumed sustained TFLOP/s of the GPU on that step. An estimate, not a
+measurement: R is the one number to replace by a measured one (README, "The paper profile").
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections import Counter
@@ -32,7 +38,6 @@ from backdoor.io import read_record  # noqa: E402
 from backdoor.models import build_model  # noqa: E402
 from backdoor.training import FitConfig, fit  # noqa: E402
 
-TRAIN_IMAGES = {"fashion_mnist": 60000, "fashion_mnist_bg": 60000, "mnist": 60000, "cifar10": 50000, "gtsrb": 39209}
 START_S = 3.0  # a job's start-up (python, torch, loading tensors), measured ≈ 3 s per job here
 
 
@@ -64,6 +69,19 @@ def step_seconds(arch: str, width: int | None, dataset: str, precision: str, rou
     return best
 
 
+def step_flops(arch: str, width: int | None, dataset: str) -> float:
+    """FLOPs of one 128-image training step (forward + backward) of ``arch`` on ``dataset``'s shape."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    spec = get_dataset(dataset)
+    kwargs = {"width": width} if width else {}
+    model = build_model(arch, spec.channels, spec.num_classes, list(spec.mean), list(spec.std), **kwargs)
+    x = torch.rand(128, spec.channels, spec.size, spec.size)
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(model(x), torch.zeros(128, dtype=torch.long)).backward()
+    return float(counter.get_total_flops())
+
+
 def reference_costs(results: Path) -> dict:
     """Median per-job seconds of a finished study: train (per image), each defense, craft, smoothness."""
     def median(values):
@@ -81,9 +99,11 @@ def reference_costs(results: Path) -> dict:
     for run in runs:
         by_type.setdefault(run["defense_type"], []).append(run)
     smooth = [r["seconds"] for r in records("smoothness/*/*/*/*/*.json") if "seconds" in r]
-    crafts = {}
-    for path in results.glob("assets/*/*.pt"):
-        crafts[path.stem] = torch.load(path, map_location="cpu", weights_only=False).get("craft_seconds")
+    crafts = {}  # the craft step prints its time to its log (the asset itself holds no timings)
+    for path in (results.parent / "logs" / "craft").glob("*/*.log"):
+        found = re.findall(r"^craft \w+: ([\d.]+) s", path.read_text(errors="replace"), flags=re.M)
+        if found:
+            crafts[path.stem] = float(found[-1])
     return {
         "train_per_image": median([1.0 / m["images_per_s"] for m in models]),
         "train_overhead": median([m["runtime_s"] - m["train_seconds"] for m in models]),
@@ -103,6 +123,8 @@ def main() -> None:
     ap.add_argument("--reference", default="results", help="results/ of a finished default study")
     ap.add_argument("--lanes", type=int, default=2, help="single-thread jobs running at once")
     ap.add_argument("--precision", default=None, help="default: the profile's")
+    ap.add_argument("--gpu-tflops", type=float, default=None,
+                    help="add a GPU column, assuming this sustained TFLOP/s on the training step")
     args = ap.parse_args()
     torch.set_num_threads(1)
     config = merged(Path(args.params), Path(args.configfile) if args.configfile else None)
@@ -118,45 +140,69 @@ def main() -> None:
         for dataset, _ in crafted:
             trains[(dataset, s.model, s.attack, s.seed)] += 0
     ratio: dict[tuple, float] = {}
+    gpu_factor: dict[tuple, float] = {}  # GPU seconds per projected CPU second
     for dataset, model in sorted({(d, m) for d, m, _, _ in trains}):
         spec = P.entry(config, "models", model)
-        ratio[(dataset, model)] = step_seconds(spec.kind, getattr(spec, "width", None), dataset, precision) / ref_step
+        seconds = step_seconds(spec.kind, getattr(spec, "width", None), dataset, precision)
+        ratio[(dataset, model)] = seconds / ref_step
         print(f"measured: {model} on {dataset}-shaped images ({precision}) costs {ratio[(dataset, model)]:.2f}× "
               f"a step of the reference cnn/fashion_mnist (fp32, {ref_step * 1000:.0f} ms per 128 images)")
+        if args.gpu_tflops:
+            flops = step_flops(spec.kind, getattr(spec, "width", None), dataset)
+            gpu_factor[(dataset, model)] = flops / seconds / (args.gpu_tflops * 1e12)
+            print(f"measured: {flops / 1e9:.0f} GFLOP per step, {flops / seconds / 1e9:.1f} GFLOP/s on this CPU; "
+                  f"assumed {args.gpu_tflops:g} TFLOP/s on the GPU: {1 / gpu_factor[(dataset, model)]:.0f}× faster")
 
     epochs = P.section(config, "train").epochs
     rows: dict[str, list[float]] = {}
+    gpu_rows: dict[str, list[float]] = {}
+
+    def add(name: str, cpu_seconds: float, key: tuple) -> None:  # cpu_seconds without the job's start-up
+        rows.setdefault(name, []).append(cpu_seconds + START_S)
+        if gpu_factor:
+            gpu_rows.setdefault(name, []).append(cpu_seconds * gpu_factor[key] + START_S)
+
     for (dataset, model, _, _) in trains:
         splits = P.section(config, "splits")
-        n = (TRAIN_IMAGES[dataset] if splits.train_limit is None else splits.train_limit) - splits.clean_pool
-        cost = ref["train_per_image"] * ratio[(dataset, model)] * n * epochs + ref["train_overhead"]
-        rows.setdefault("train", []).append(cost + START_S)
+        n = (get_dataset(dataset).train_size if splits.train_limit is None else splits.train_limit) - splits.clean_pool
+        add("train", ref["train_per_image"] * ratio[(dataset, model)] * n * epochs + ref["train_overhead"],
+            (dataset, model))
     for dataset, attack in crafted:
         kind = P.entry(config, "attacks", attack).kind
         seconds = ref["craft"].get(kind) or 0.0
-        rows.setdefault("craft", []).append(seconds * ratio.get((dataset, P.section(config, "surrogate").model), 1.0)
-                                            + START_S)
-    missing = set()
+        surrogate = (dataset, P.section(config, "surrogate").model)
+        add("craft", seconds * ratio.get(surrogate, 1.0), surrogate)
+    missing, twins = set(), set()
     for run in runs:
         kind = P.entry(config, "defenses", run["defense"]).kind
         base = ref["defense"].get(kind)
+        if base is None and kind.endswith("_released") and kind.removesuffix("_released") in ref["defense"]:
+            base = ref["defense"][kind.removesuffix("_released")]  # the same iterations as its corrected twin
+            twins.add(kind)
         if base is None:
             missing.add(kind)
             continue
         scale = ratio[(run["dataset"], run["model"])]
-        if kind in ("sibp",):  # epochs over the clean budget
+        if kind.removesuffix("_released") == "sibp":  # epochs over the clean budget
             scale *= run["budget"] / ref["budget"]
-        rows.setdefault(f"purify {kind}", []).append(base * scale + ref["defense_overhead"] * scale + START_S)
+        key = (run["dataset"], run["model"])
+        add(f"purify {kind}", base * scale + ref["defense_overhead"] * scale, key)
         if P.smoothness_enabled(config) and ref["smoothness"]:
-            rows.setdefault("smoothness", []).append(ref["smoothness"] * scale + START_S)
+            add("smoothness", ref["smoothness"] * scale, key)
     total = sum(sum(v) for v in rows.values())
     print(f"\nprofile {args.configfile or 'params.yaml'}: {len(runs)} purify runs, {len(trains)} trained models, "
           f"precision {precision}, reference {args.reference} ({ref['threads']} thread(s) per job)\n")
-    print("| job class | jobs | projected s / job | core-hours |\n|---|---|---|---|")
+    gpu = f" GPU s / job (at {args.gpu_tflops:g} TFLOP/s) | GPU-hours |" if gpu_rows else ""
+    print(f"| job class | jobs | projected s / job | core-hours |{gpu}\n|---|---|---|---|{'---|---|' if gpu else ''}")
     for name, costs in sorted(rows.items(), key=lambda kv: -sum(kv[1])):
-        print(f"| {name} | {len(costs)} | {sum(costs) / len(costs):.0f} | {sum(costs) / 3600:.2f} |")
-    print(f"| **total** | {sum(len(v) for v in rows.values())} | | **{total / 3600:.2f}** |")
+        extra = (f" {sum(gpu_rows[name]) / len(costs):.0f} | {sum(gpu_rows[name]) / 3600:.2f} |" if gpu else "")
+        print(f"| {name} | {len(costs)} | {sum(costs) / len(costs):.0f} | {sum(costs) / 3600:.2f} |{extra}")
+    gpu_total = sum(sum(v) for v in gpu_rows.values())
+    print(f"| **total** | {sum(len(v) for v in rows.values())} | | **{total / 3600:.2f}** |"
+          + (f" | **{gpu_total / 3600:.2f}** |" if gpu else ""))
     print(f"\nprojected wall time with {args.lanes} single-thread jobs at once: {total / args.lanes / 60:.0f} min")
+    if twins:
+        print(f"({', '.join(sorted(twins))}: no reference time, projected at their corrected twin's)")
     if missing:
         print(f"(no reference time for defense types {sorted(missing)}: left out)")
 

@@ -2,10 +2,8 @@
 real format (no CIFAR-10 can be downloaded here): prepare → poison → train PreAct-ResNet18 → every
 seed method and FT → scores. Also: the profile's DAG dry-runs."""
 
-import io
 import pickle
 import subprocess
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from backdoor import params as P
 from backdoor import steps
 from backdoor.data.prepare import SplitParams, prepare
 from backdoor.io import load_tensors, read_json, save_tensors
+from conftest import write_cifar_archive
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = {"ft": {"iterations": 3}, "fip": {"iterations": 3, "trace_every": 2, "probes": 2},
@@ -23,31 +22,28 @@ QUICK = {"ft": {"iterations": 3}, "fip": {"iterations": 3, "trace_every": 2, "pr
          "fmp": {"iterations": 3, "sensitivity_batch": 8}, "sibp": {"epochs": 1}}
 
 
-def write_cifar(raw: Path, n_train: int = 250, n_test: int = 60) -> None:
+def write_cifar(raw: Path, monkeypatch, n_train: int = 250, n_test: int = 60) -> None:
     """cifar-10-python.tar.gz as the official archive lays it out: five data batches and a test batch of
-    pickled dicts (b'data' rows of 1024 R, 1024 G, 1024 B values; b'labels')."""
+    pickled dicts (b'data' rows of 1024 R, 1024 G, 1024 B values; b'labels'), and batches.meta."""
     rng = np.random.default_rng(0)
-    raw.mkdir(parents=True)
-    with tarfile.open(raw / "cifar-10-python.tar.gz", "w:gz") as tar:
-        def add(name: str, n: int):
-            entry = {b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
-                     b"labels": [int(v) for v in rng.integers(0, 10, size=n)]}
-            payload = pickle.dumps(entry, protocol=2)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-        for i in range(1, 6):
-            add(f"data_batch_{i}", n_train // 5)
-        add("test_batch", n_test)
+
+    def batch(n: int) -> bytes:
+        return pickle.dumps({"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+                             "labels": [int(v) for v in rng.integers(0, 10, size=n)]}, protocol=2)
+
+    members = {f"data_batch_{i}": batch(n_train // 5) for i in range(1, 6)}
+    members["test_batch"] = batch(n_test)
+    members["batches.meta"] = pickle.dumps({"label_names": [b"airplane"] * 10}, protocol=2)
+    write_cifar_archive(raw, members, monkeypatch)
 
 
-def test_the_cifar10_profile_runs_through_every_step(tmp_path):
+def test_the_cifar10_profile_runs_through_every_step(tmp_path, monkeypatch):
     profile = yaml.safe_load((ROOT / "profiles/cifar10.yaml").read_text())
     config = yaml.safe_load((ROOT / "params.yaml").read_text())
     from snakemake.utils import update_config
 
     update_config(config, profile)
-    write_cifar(tmp_path / "raw")
+    write_cifar(tmp_path / "raw", monkeypatch)
     prepared = tmp_path / "prepared.pt"
     # the library's prepare, not the step: the step first checks the archive's official MD5
     save_tensors(prepare("cifar10", tmp_path / "raw", SplitParams(clean_pool=60, seed=0)), prepared)
@@ -69,7 +65,7 @@ def test_the_cifar10_profile_runs_through_every_step(tmp_path):
             assert row["n_clean"] == 50 and all(0 <= row[k] <= 100 for k in ("acc", "asr", "ra")), (attack, defense)
 
 
-@pytest.mark.parametrize("profile", ["cifar10", "cause"])  # full: 4,096 jobs, 2 min to plan
+@pytest.mark.parametrize("profile", ["cifar10", "cause", "paper"])  # full: 4,096 jobs, 2 min to plan
 def test_profiles_dry_run(profile):
     run = subprocess.run(["snakemake", "-n", "--quiet", "rules", "--configfile", f"profiles/{profile}.yaml",
                           "--cores", "2", "all"], cwd=ROOT, capture_output=True, text=True)

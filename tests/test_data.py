@@ -29,8 +29,9 @@ from PIL import Image
 from backdoor.data import DATASETS, DatasetSpec, RawFile, get_dataset
 from backdoor.data import download
 from backdoor.data.download import ChecksumError, checksum_ok, fetch_dataset, fetch_file, md5_of, verify
-from backdoor.data.formats import READERS, read_cifar, read_gtsrb, read_idx, read_idx_dataset
+from backdoor.data.formats import READERS, read_cifar, read_gtsrb, read_idx_dataset, read_tiny_imagenet
 from backdoor.data.prepare import SplitParams, prepare
+from conftest import write_cifar_archive
 
 _REAL_DOWNLOAD_URL = download._download_url
 IDX_NAMES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -122,7 +123,7 @@ def idx_data(tmp_path):
 
 
 @pytest.fixture
-def cifar_data(tmp_path):
+def cifar_data(tmp_path, monkeypatch):
     """cifar-10-python.tar.gz with data_batch_1..5 (4 images each) and test_batch (6 images)."""
     rng = np.random.default_rng(1)
     batches = {}
@@ -139,22 +140,16 @@ def cifar_data(tmp_path):
     labels = {name: [int(v) for v in rng.integers(0, 10, size=len(x))] for name, x in batches.items()}
 
     raw = tmp_path / "raw_cifar"
-    raw.mkdir()
-    with tarfile.open(raw / "cifar-10-python.tar.gz", "w:gz") as tar:
-        def add(name: str, payload: bytes):
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-        add("batches.meta", pickle.dumps({b"label_names": [b"airplane"] * 10, b"num_vis": 3072}))
-        add("readme.html", b"<html></html>")
-        # test_batch first and batches out of order: the reader must not depend on tar order
-        for name in ["test_batch", "data_batch_3", "data_batch_1", "data_batch_5", "data_batch_2",
-                     "data_batch_4"]:
-            x = batches[name]
-            entry = {b"batch_label": name.encode(), b"labels": labels[name],
-                     b"data": x.reshape(len(x), 3072),  # rows: 1024 R, 1024 G, 1024 B, each row-major
-                     b"filenames": [f"{name}_{j}.png".encode() for j in range(len(x))]}
-            add(name, pickle.dumps(entry, protocol=2))
+    members = {"batches.meta": pickle.dumps({"label_names": [b"airplane"] * 10, "num_vis": 3072}),
+               "readme.html": b"<html></html>"}
+    # test_batch first and batches out of order: the reader must not depend on tar order
+    for name in ["test_batch", "data_batch_3", "data_batch_1", "data_batch_5", "data_batch_2", "data_batch_4"]:
+        x = batches[name]
+        entry = {"batch_label": name.encode(), "labels": labels[name],
+                 "data": x.reshape(len(x), 3072),  # rows: 1024 R, 1024 G, 1024 B, each row-major
+                 "filenames": [f"{name}_{j}.png".encode() for j in range(len(x))]}
+        members[name] = pickle.dumps(entry, protocol=2)
+    write_cifar_archive(raw, members, monkeypatch)
     train_x = np.concatenate([batches[f"data_batch_{i}"] for i in range(1, 6)])
     train_y = sum((labels[f"data_batch_{i}"] for i in range(1, 6)), [])
     return raw, (train_x, np.array(train_y), batches["test_batch"], np.array(labels["test_batch"]))
@@ -168,7 +163,10 @@ def gtsrb_data(tmp_path):
     raw = tmp_path / "raw_gtsrb"
     raw.mkdir()
 
-    train_sizes = {0: [(32, 32), (29, 41)], 1: [(45, 30)], 12: [(32, 32), (64, 50), (25, 25)]}
+    # every one of the 43 class folders holds images (the real archive's do; torchvision's reader
+    # numbers classes by folder rank, which is the folder's number only when all 43 are there)
+    train_sizes = {cls: [(8, 9)] for cls in range(43)}
+    train_sizes.update({0: [(32, 32), (29, 41)], 1: [(45, 30)], 12: [(32, 32), (64, 50), (25, 25)]})
     train_expected_x, train_expected_y = [], []
     with zipfile.ZipFile(raw / GTSRB_ZIPS[0], "w") as zf:
         zf.writestr("GTSRB/Readme-Images.txt", "readme")
@@ -232,11 +230,12 @@ OFFICIAL_MD5 = {  # the checksums torchvision's downloaders use for the same arc
     ("gtsrb", "GTSRB-Training_fixed.zip"): "513f3c79a4c5141765e10e952eaa2478",
     ("gtsrb", "GTSRB_Final_Test_Images.zip"): "c7e4e6327067d32654124b0fe9e82185",
     ("gtsrb", "GTSRB_Final_Test_GT.zip"): "fe31e9c9270bbcd7b84b7f21a9d9d9e5",
+    ("tiny_imagenet", "tiny-imagenet-200.zip"): "90528d7ca1a48142e341f4ef8d21d0de",  # not in torchvision
 }
 
 
-def test_registry_lists_the_four_datasets_with_official_files():
-    assert set(DATASETS) == {"fashion_mnist", "fashion_mnist_bg", "mnist", "cifar10", "gtsrb"}
+def test_registry_lists_the_five_datasets_with_official_files():
+    assert set(DATASETS) == {"fashion_mnist", "fashion_mnist_bg", "mnist", "cifar10", "gtsrb", "tiny_imagenet"}
     listed = {(spec.name, raw.name): raw.md5 for spec in DATASETS.values() for raw in spec.files
               if spec.source is None}
     assert listed == OFFICIAL_MD5
@@ -251,10 +250,31 @@ def test_registry_lists_the_four_datasets_with_official_files():
 
 def test_registry_file_names_match_what_the_readers_open():
     assert {spec.format: tuple(raw.name for raw in spec.files) for spec in DATASETS.values()} == {
-        "idx": IDX_NAMES, "cifar": ("cifar-10-python.tar.gz",), "gtsrb": GTSRB_ZIPS}
+        "idx": IDX_NAMES, "cifar": ("cifar-10-python.tar.gz",), "gtsrb": GTSRB_ZIPS,
+        "tiny_imagenet": ("tiny-imagenet-200.zip",)}
     shapes = {k: (s.channels, s.size, s.num_classes) for k, s in DATASETS.items()}
     assert shapes == {"fashion_mnist": (1, 28, 10), "fashion_mnist_bg": (1, 28, 10), "mnist": (1, 28, 10),
-                      "cifar10": (3, 32, 10), "gtsrb": (3, 32, 43)}
+                      "cifar10": (3, 32, 10), "gtsrb": (3, 32, 43), "tiny_imagenet": (3, 64, 200)}
+
+
+def test_registry_files_are_torchvisions():
+    """The torch-free registry repeats torchvision's file names, URLs and MD5s; they must agree."""
+    import inspect
+
+    import torchvision.datasets as tvd
+
+    for key in ("fashion_mnist", "mnist"):
+        spec = get_dataset(key)
+        cls = getattr(tvd, spec.torchvision)
+        assert [(raw.name, raw.md5) for raw in spec.files] == [tuple(r) for r in cls.resources]
+        assert all(raw.url == cls.mirrors[0] + raw.name for raw in spec.files) or key == "mnist"
+        assert all(raw.url in [m + raw.name for m in cls.mirrors] for raw in spec.files)
+    (cifar,) = get_dataset("cifar10").files
+    assert (cifar.name, cifar.url, cifar.md5) == (tvd.CIFAR10.filename, tvd.CIFAR10.url, tvd.CIFAR10.tgz_md5)
+    source = inspect.getsource(tvd.GTSRB.download)  # GTSRB's URLs and MD5s are literals in download()
+    for raw in get_dataset("gtsrb").files:
+        assert raw.md5 in source and raw.name in source and raw.url.startswith("https://sid.erda.dk/")
+    assert get_dataset("tiny_imagenet").torchvision is None and not hasattr(tvd, "TinyImageNet")
     variant = DATASETS["fashion_mnist_bg"]
     assert variant.source == "fashion_mnist" and variant.files == DATASETS["fashion_mnist"].files
 
@@ -447,8 +467,7 @@ def test_recompressed_gz_is_accepted_by_payload_md5(tmp_path):
     (tmp_path / "mirror" / raw.name).write_bytes(RECOMPRESSED_GZ)
     path = fetch_file(raw, toy_spec(raw), tmp_path / "raw", mirror=str(tmp_path / "mirror"),
                       allow_network=False)
-    assert path.read_bytes() == RECOMPRESSED_GZ
-    assert read_idx(path).shape == (4, 28, 28)
+    assert path.read_bytes() == RECOMPRESSED_GZ and gzip.decompress(path.read_bytes()) == PAYLOAD
 
 
 def test_recompressed_gz_without_payload_md5_is_rejected(tmp_path):
@@ -519,17 +538,35 @@ def test_failed_url_download_says_what_to_do(tmp_path, monkeypatch, error):
     assert leftovers(tmp_path / "raw") == []
 
 
-def test_real_download_function_writes_atomically(tmp_path, monkeypatch):
-    """The real _download_url, on a file:// URL (no network): the file arrives whole and verified."""
-    source = tmp_path / "server" / "blob.bin"
-    source.parent.mkdir()
-    source.write_bytes(BLOB)
-    raw = RawFile("blob.bin", source.as_uri(), md5_bytes(BLOB))
+@pytest.fixture
+def http_server(tmp_path):
+    """A local HTTP server (127.0.0.1, no network) serving tmp_path/server; yields its base URL."""
+    import functools
+    import http.server
+    import threading
+
+    folder = tmp_path / "server"
+    folder.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_real_download_function_writes_atomically(tmp_path, monkeypatch, http_server):
+    """The real _download_url (torchvision's downloader) from a local HTTP server: the file arrives
+    whole and verified; a missing file (404) leaves nothing behind."""
+    (tmp_path / "server" / "blob.bin").write_bytes(BLOB)
+    raw = RawFile("blob.bin", http_server + "blob.bin", md5_bytes(BLOB))
     monkeypatch.setattr(download, "_download_url", _REAL_DOWNLOAD_URL)
     path = fetch_file(raw, toy_spec(raw), tmp_path / "raw")
     assert path.read_bytes() == BLOB and leftovers(tmp_path / "raw") == ["blob.bin"]
 
-    missing = RawFile("gone.bin", (tmp_path / "server" / "gone.bin").as_uri(), md5_bytes(BLOB))
+    missing = RawFile("gone.bin", http_server + "gone.bin", md5_bytes(BLOB))
     with pytest.raises(RuntimeError, match="could not download"):
         fetch_file(missing, toy_spec(missing), tmp_path / "raw")
     assert leftovers(tmp_path / "raw") == ["blob.bin"]
@@ -558,25 +595,14 @@ def test_idx_header_is_the_real_format():
     assert labels[:8] == bytes.fromhex("00000801" "00000005")
 
 
-def test_read_idx_plain_and_gzipped(tmp_path):
-    array = np.random.default_rng(3).integers(0, 256, size=(3, 5, 7), dtype=np.uint8)
-    (tmp_path / "a.idx").write_bytes(idx_bytes(array))
-    (tmp_path / "a.idx.gz").write_bytes(gz(idx_bytes(array)))
-    for name in ("a.idx", "a.idx.gz"):
-        out = read_idx(tmp_path / name)
-        assert out.dtype == np.uint8 and out.shape == (3, 5, 7)
-        assert out.flags.writeable  # a real array, not a read-only view of the file's bytes
-        np.testing.assert_array_equal(out, array)
-
-
-def test_read_idx_rejects_bad_magic_and_truncation(tmp_path):
-    good = idx_bytes(np.ones((2, 4, 4), dtype=np.uint8))
-    (tmp_path / "bad.gz").write_bytes(gz(b"\x1f\x8b" + good[2:]))
-    with pytest.raises(ValueError, match="not an IDX file"):
-        read_idx(tmp_path / "bad.gz")
-    (tmp_path / "short.gz").write_bytes(gz(good[:-3]))
-    with pytest.raises(ValueError, match="truncated"):
-        read_idx(tmp_path / "short.gz")
+@pytest.mark.parametrize("damage", ["magic", "truncated"])
+def test_read_idx_dataset_rejects_a_damaged_file_clearly(idx_data, damage):
+    raw, (train_x, *_) = idx_data
+    good = idx_bytes(train_x)
+    bad = (b"\x00\x00\x77" + good[3:]) if damage == "magic" else good[:-3]
+    (raw / IDX_NAMES[0]).write_bytes(gz(bad))
+    with pytest.raises(ValueError, match="training IDX files are not readable"):
+        read_idx_dataset(raw)
 
 
 def test_read_idx_dataset_keeps_exact_pixels(idx_data):
@@ -610,14 +636,19 @@ def test_read_cifar_keeps_exact_pixels_in_chw_order(cifar_data):
     assert READERS["cifar"] is read_cifar
 
 
-def test_read_cifar_without_test_batch_fails(tmp_path):
-    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
-        payload = pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]})
-        info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
-        info.size = len(payload)
-        tar.addfile(info, io.BytesIO(payload))
-    with pytest.raises(ValueError, match="test_batch"):
+def test_read_cifar_without_test_batch_fails(tmp_path, monkeypatch):
+    payload = pickle.dumps({"data": np.zeros((1, 3072), np.uint8), "labels": [0]})
+    write_cifar_archive(tmp_path, {f"data_batch_{i}": payload for i in range(1, 6)}, monkeypatch)
+    with pytest.raises(ValueError, match="cifar-10-python.tar.gz: Dataset not found or corrupted"):
         read_cifar(tmp_path)
+
+
+def test_read_cifar_rejects_a_batch_whose_md5_differs(cifar_data, monkeypatch):
+    from torchvision.datasets import CIFAR10
+
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", "0" * 32]])  # torchvision's own check
+    with pytest.raises(ValueError, match="corrupted"):
+        read_cifar(cifar_data[0])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -628,13 +659,15 @@ def test_read_gtsrb_resizes_to_32_and_matches_labels_from_csv(gtsrb_data):
     tx, ty, vx, vy = read_gtsrb(raw)
     assert tx.dtype == vx.dtype == torch.uint8 and ty.dtype == vy.dtype == torch.int64
     assert tx.shape == (len(train_imgs), 3, 32, 32) and vx.shape == (len(test_imgs), 3, 32, 32)
-    assert ty.tolist() == train_labels == [0, 0, 1, 12, 12, 12]
-    assert vy.tolist() == test_labels  # test images in file-name order, labels looked up by name
+    assert ty.tolist() == train_labels and train_labels[:7] == [0, 0, 1, 2, 3, 4, 5]
+    assert ty.tolist()[12:16] == [11, 12, 12, 12]
+    order = [2, 4, 0, 3, 1]  # test images in the ground-truth csv's row order, as torchvision reads them
+    assert vy.tolist() == [test_labels[i] for i in order]
     np.testing.assert_array_equal(tx.numpy(), np.stack([resized(a) for a in train_imgs]))
-    np.testing.assert_array_equal(vx.numpy(), np.stack([resized(a) for a in test_imgs]))
+    np.testing.assert_array_equal(vx.numpy(), np.stack([resized(test_imgs[i]) for i in order]))
     # 32×32 originals come through untouched (HWC → CHW only)
     np.testing.assert_array_equal(tx[0].numpy(), train_imgs[0].transpose(2, 0, 1))
-    np.testing.assert_array_equal(vx[0].numpy(), test_imgs[0].transpose(2, 0, 1))
+    np.testing.assert_array_equal(vx[2].numpy(), test_imgs[0].transpose(2, 0, 1))
     assert READERS["gtsrb"] is read_gtsrb
 
 
@@ -642,7 +675,79 @@ def test_read_gtsrb_other_size(gtsrb_data):
     raw, (train_imgs, _, test_imgs, _) = gtsrb_data
     tx, _, vx, _ = read_gtsrb(raw, size=16)
     assert tx.shape == (len(train_imgs), 3, 16, 16) and vx.shape == (len(test_imgs), 3, 16, 16)
-    np.testing.assert_array_equal(vx[1].numpy(), resized(test_imgs[1], 16))
+    np.testing.assert_array_equal(vx[4].numpy(), resized(test_imgs[1], 16))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tiny-ImageNet reader (not in torchvision: ImageFolder + val_annotations.txt)
+
+def jpeg_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def decoded(jpeg: bytes) -> np.ndarray:
+    """What any reader must get from a JPEG: PIL's decoding, as RGB, (3, H, W)."""
+    return np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")).transpose(2, 0, 1)
+
+
+@pytest.fixture
+def tiny_imagenet_data(tmp_path):
+    """tiny-imagenet-200.zip in the official layout: wnids.txt, words.txt, train/<wnid>/images/*.JPEG
+    with <wnid>_boxes.txt, val/images + val/val_annotations.txt, unlabelled test/images. Three
+    classes (wnids.txt deliberately not sorted), one greyscale training image, as in the real set."""
+    rng = np.random.default_rng(4)
+    wnids = ["n02124075", "n01443537", "n09193705"]
+    raw = tmp_path / "raw_tiny"
+    raw.mkdir()
+    train, val = [], []
+    with zipfile.ZipFile(raw / "tiny-imagenet-200.zip", "w") as zf:
+        top = "tiny-imagenet-200"
+        zf.writestr(f"{top}/wnids.txt", "\n".join(wnids) + "\n")
+        zf.writestr(f"{top}/words.txt", "".join(f"{w}\tthing {i}\n" for i, w in enumerate(wnids + ["n00000001"])))
+        for wnid in sorted(wnids):  # ImageFolder's order (the expected tensors follow it)
+            boxes = []
+            for j in range(3):
+                shape = (64, 64) if (wnid, j) == ("n09193705", 1) else (64, 64, 3)
+                jpeg = jpeg_bytes(rng.integers(0, 256, size=shape, dtype=np.uint8))
+                zf.writestr(f"{top}/train/{wnid}/images/{wnid}_{j}.JPEG", jpeg)
+                boxes.append(f"{wnid}_{j}.JPEG\t0\t0\t63\t63\n")
+                train.append((jpeg, sorted(wnids).index(wnid)))
+            zf.writestr(f"{top}/train/{wnid}/{wnid}_boxes.txt", "".join(boxes))
+        notes = []
+        for i, wnid in enumerate([wnids[2], wnids[0], wnids[2], wnids[1]]):
+            jpeg = jpeg_bytes(rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8))
+            zf.writestr(f"{top}/val/images/val_{i}.JPEG", jpeg)
+            notes.append(f"val_{i}.JPEG\t{wnid}\t1\t2\t60\t61\n")
+            val.append((jpeg, sorted(wnids).index(wnid)))
+        zf.writestr(f"{top}/val/val_annotations.txt", "".join(notes))
+        zf.writestr(f"{top}/test/images/test_0.JPEG", jpeg_bytes(np.zeros((64, 64, 3), np.uint8)))
+    return raw, train, val
+
+
+def test_read_tiny_imagenet_labels_by_sorted_wnid_and_uses_val_as_test(tiny_imagenet_data):
+    raw, train, val = tiny_imagenet_data
+    tx, ty, vx, vy = read_tiny_imagenet(raw)
+    assert tx.dtype == vx.dtype == torch.uint8 and ty.dtype == vy.dtype == torch.int64
+    assert tx.shape == (9, 3, 64, 64) and vx.shape == (4, 3, 64, 64)
+    assert ty.tolist() == [y for _, y in train] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert vy.tolist() == [y for _, y in val] == [2, 1, 2, 0]  # from val_annotations.txt; test/ unused
+    np.testing.assert_array_equal(tx.numpy(), np.stack([decoded(j) for j, _ in train]))  # greyscale → RGB
+    np.testing.assert_array_equal(vx.numpy(), np.stack([decoded(j) for j, _ in val]))
+    assert READERS["tiny_imagenet"] is read_tiny_imagenet
+
+
+def test_prepare_tiny_imagenet_and_a_wrong_archive(tiny_imagenet_data, tmp_path):
+    prepared = prepare("tiny_imagenet", tiny_imagenet_data[0], SplitParams(clean_pool=3, seed=0))
+    assert prepared["num_classes"] == 200 and prepared["train_x"].shape == (9, 3, 64, 64)
+    assert len(prepared["pool_idx"]) == 3 and len(prepared["attacker_idx"]) == 6
+    other = tmp_path / "other"
+    other.mkdir()
+    with zipfile.ZipFile(other / "tiny-imagenet-200.zip", "w") as zf:
+        zf.writestr("something/else.txt", "x")
+    with pytest.raises(ValueError, match="wnids.txt: not the official archive"):
+        read_tiny_imagenet(other)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -719,7 +824,7 @@ def test_prepare_other_formats(cifar_data, gtsrb_data):
     assert cifar["train_x"].shape == (20, 3, 32, 32) and len(cifar["attacker_idx"]) == 15
     gtsrb = prepare("gtsrb", gtsrb_data[0], SplitParams(clean_pool=2, seed=1, test_limit=3))
     assert gtsrb["num_classes"] == 43 and gtsrb["test_x"].shape == (3, 3, 32, 32)
-    assert len(gtsrb["pool_idx"]) == 2 and len(gtsrb["attacker_idx"]) == 4
+    assert len(gtsrb["pool_idx"]) == 2 and len(gtsrb["attacker_idx"]) == 44
 
 
 def test_prepare_unknown_dataset(idx_data):
@@ -769,3 +874,23 @@ def test_badnets_center_puts_the_patch_over_the_object():
     assert (out[:, :, 12:15, 12:15] == 255).all() and out.sum() == 2 * 9 * 255
     with pytest.raises(ValueError, match="position: 'left' is not allowed; allowed values: corner, center"):
         build_attack("badnets", {"position": "left"}, AttackContext(10, 1, 28))
+
+
+def test_tiny_imagenet_runs_through_poison_and_train(tiny_imagenet_data, tmp_path):
+    """64×64 images and 200 classes through the library's steps (the attacks scale to the size)."""
+    import yaml
+
+    from backdoor import params as P
+    from backdoor import steps
+    from backdoor.io import read_json, save_tensors
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    prepared = tmp_path / "prepared.pt"
+    save_tensors(prepare("tiny_imagenet", tiny_imagenet_data[0], SplitParams(clean_pool=2, seed=0)), prepared)
+    for attack in ("badnets", "wanet"):
+        poisoned, model, metrics = (tmp_path / f"{attack}{ext}" for ext in (".pt", "-model.pt", "-model.json"))
+        steps.poison(str(prepared), str(poisoned), attack, P.entry(config, "attacks", attack).to_dict())
+        steps.train(str(prepared), str(poisoned), str(model), str(metrics),
+                    {**P.entry(config, "models", "cnn").to_dict(), "width": 4},
+                    {**P.section(config, "train").to_dict(), "epochs": 1}, seed=0, device="cpu", precision="fp32")
+        assert 0 <= read_json(metrics)["acc"] <= 100

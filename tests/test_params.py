@@ -50,7 +50,7 @@ def test_clean_budget_larger_than_the_pool():
 
 def test_unknown_dataset_lists_the_allowed_ones():
     msg = problems(lambda c: c["study"].update(datasets=["imagenet"]))
-    assert "study.datasets[0]" in msg and "'imagenet'" in msg and "fashion_mnist, mnist, cifar10, gtsrb, fashion_mnist_bg" in msg
+    assert "study.datasets[0]" in msg and "'imagenet'" in msg and "fashion_mnist, mnist, cifar10, gtsrb, tiny_imagenet, fashion_mnist_bg" in msg
 
 
 def test_float_written_the_pyyaml_way_is_explained():
@@ -169,6 +169,17 @@ def test_skip_removes_exactly_the_named_cells():
     assert cells == {("badnets", "none"), ("badnets", "ft"), ("badnets", "fp"), ("sig", "none")}
     config["study"]["skip"] = []
     assert len(P.study_runs(config)) == 6
+
+
+def test_skip_by_clean_budget_gives_each_method_its_own_budget():
+    config = copy.deepcopy(SHIPPED)
+    config["study"].update(attacks=["badnets"], defenses=["none", "fip", "fmp"], clean_budgets=[500, 2500],
+                           skip=[{"clean_budgets": [2500], "defenses": ["fip"]},
+                                 {"clean_budgets": [500], "defenses": ["fmp"]}])
+    cells = {(r["defense"], r["budget"]) for r in P.study_runs(config)}
+    assert cells == {("none", 500), ("none", 2500), ("fip", 500), ("fmp", 2500)}
+    msg = problems(lambda c: c["study"].update(skip=[{"clean_budgets": [601], "defenses": ["fp"]}]))
+    assert "study.skip[0].clean_budgets" in msg and "601" in msg
 
 
 def test_skip_with_an_undefined_id_is_named():

@@ -1,5 +1,6 @@
 """The two runners describe one DAG, and params.yaml is checked before any job runs."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,23 @@ def test_status_summary_has_one_line_per_stage_template():
     assert dvc_status.summary(status, {"purify": 4, "aggregate": 1, "report": 1}) == [
         "purify: 3 of 4 entries changed: deps modified src/backdoor/defenses/fip.py; params modified defenses.ft",
         "report: 1 of 1 entry changed: deps modified src/backdoor/plots.py; command"]
+
+
+@pytest.mark.parametrize("device, gpu", [("cuda", "1"), ("cpu", "0")])
+def test_torch_jobs_claim_a_gpu_where_the_study_uses_one(device, gpu):
+    """`--resources gpu=1` then never runs two torch jobs on one GPU; light rules claim none."""
+    out = subprocess.run(["snakemake", "-n", "--cores", "8", "--resources", "gpu=1", "--config", f"device={device}",
+                          "--", "all"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    claims: dict[str, set] = {}
+    for block in re.split(r"\n\[\w{3} \w{3} ", out.stdout + out.stderr):  # each job block starts with its date
+        rule = next((line.split()[-1].rstrip(":") for line in block.splitlines()
+                     if line.startswith(("rule ", "localrule "))), None)
+        resources = next((line for line in block.splitlines() if line.strip().startswith("resources:")), "")
+        if rule:
+            claims.setdefault(rule, set()).add(next((r.split("=")[1] for r in resources.split(", ")
+                                                     if r.startswith("gpu=")), None))
+    for rule in ("train", "craft", "purify", "smoothness", "features"):
+        assert claims[rule] == {gpu}, (rule, claims[rule])
+    for rule in ("download", "prepare", "poison", "aggregate", "report", "tsne"):
+        assert claims[rule] == {None}, (rule, claims[rule])

@@ -25,10 +25,12 @@ def percent(hits: torch.Tensor) -> float:
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1024,
             device: torch.device | str | None = None) -> torch.Tensor:
     """Predicted labels for uint8 images, batched, in eval mode (the model's mode is restored)."""
-    device = device or next(model.parameters()).device
+    device = torch.device(device or next(model.parameters()).device)
     was_training = model.training
     model.eval()
-    preds = [model(to_float(images[i:i + batch_size].to(device)).contiguous(
+    if device.type == "cuda" and images.device.type == "cpu":
+        images = images.pin_memory()  # each batch's copy below is then asynchronous
+    preds = [model(to_float(images[i:i + batch_size].to(device, non_blocking=True)).contiguous(
         memory_format=torch.channels_last)).argmax(1).cpu()
              for i in range(0, len(images), batch_size)]
     model.train(was_training)

@@ -65,6 +65,14 @@ def notices(params: Params) -> list[str]:
     return out
 
 
+def uses_gpu(device: str) -> bool:
+    """Whether torch jobs take a GPU: ``device: cuda[:N]``, or ``auto`` on a host that has NVIDIA's
+    driver (``nvidia-smi`` on the PATH; checked without importing torch, which parsing never does)."""
+    import shutil
+
+    return device.startswith("cuda") or (device == "auto" and shutil.which("nvidia-smi") is not None)
+
+
 def check_syntax(path: str | Path) -> None:
     """A YAML syntax error or a duplicated key in ``path``, as a ParamsError naming the line."""
     _source.read(path)

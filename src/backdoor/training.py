@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .augment import augment, to_float
+from .device import to_device
 from .data.tensors import TensorSet
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -136,7 +137,7 @@ def fit(model: nn.Module, data: TensorSet, cfg: FitConfig, *, gen: torch.Generat
     total = cfg.total_steps(len(data))
     factor = lr_factor(cfg, total)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, factor) if factor is not None else None
-    x_all, y_all = data.x.to(device), data.y.to(device)
+    x_all, y_all = to_device(data.x, device), to_device(data.y, device)  # once: batches are drawn on the device
     aug_gen = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
     losses, seen, start = [], 0, time.perf_counter()
     bar = tqdm(total=total, desc=desc, unit="step", mininterval=2.0, leave=False)

@@ -10,6 +10,8 @@ rule smoothness:
     conda:
         STUDY_ENV
     threads: JOB_THREADS
+    resources:
+        **TORCH_RESOURCES,
     params:
         values=step_params("smoothness"),
         code=code_params("smoothness"),

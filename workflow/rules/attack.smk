@@ -9,6 +9,8 @@ rule craft:
     conda:
         STUDY_ENV
     threads: JOB_THREADS
+    resources:
+        **TORCH_RESOURCES,
     params:
         values=step_params("craft"),
         code=code_params("craft"),
@@ -26,6 +28,9 @@ rule poison:
     conda:
         STUDY_ENV
     threads: JOB_THREADS
+    resources:
+        mem_mb=8000,
+        runtime=30,
     params:
         values=step_params("poison"),
         code=code_params("poison"),
@@ -46,6 +51,8 @@ rule train:
     conda:
         STUDY_ENV
     threads: JOB_THREADS
+    resources:
+        **TORCH_RESOURCES,
     params:
         values=step_params("train"),
         code=code_params("train"),

@@ -27,6 +27,13 @@ os.environ.update(
 )  # read by steps.use_threads in the jobs
 
 
+# Resources of the torch jobs (train, craft, purify, smoothness, features): one GPU each where the
+# study runs on one, so `snakemake --cores 8 --resources gpu=1` never puts two jobs on one GPU and
+# the SLURM executor asks for one per job; memory and minutes are what the cluster reserves
+# (profiles/slurm overrides them per rule). Light rules (download, aggregate, report) stay local.
+TORCH_RESOURCES = dict(gpu=int(P.uses_gpu(PARAMS.device)), mem_mb=8000, runtime=120)
+
+
 wildcard_constraints:
     dataset="[a-z0-9_]+",
     model="[a-z0-9_]+",

@@ -22,6 +22,9 @@ rule prepare:
     conda:
         STUDY_ENV
     threads: JOB_THREADS
+    resources:
+        mem_mb=8000,
+        runtime=30,
     params:
         values=step_params("prepare"),
         code=code_params("prepare"),

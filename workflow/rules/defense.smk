@@ -13,6 +13,8 @@ rule purify:
     conda:
         STUDY_ENV
     threads: JOB_THREADS
+    resources:
+        **TORCH_RESOURCES,
     params:
         values=step_params("purify"),
         code=code_params("purify"),

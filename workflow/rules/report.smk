@@ -58,6 +58,8 @@ rule features:
     conda:
         STUDY_ENV
     threads: JOB_THREADS
+    resources:
+        **TORCH_RESOURCES,
     params:
         values=step_params("features"),
         code=code_params("features"),

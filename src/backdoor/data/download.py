@@ -1,7 +1,11 @@
 """Fetch a dataset's original files: from a local mirror folder, an OS package, or the official URL.
 
-Every file is checked against its MD5 before it is accepted; a corrupt or partial file is removed
-and the error says what to do.
+Downloads go through ``torchvision.datasets.utils.download_url`` (redirects, its MD5 check). What
+torchvision lacks is kept here: local mirrors first (``data.mirror``, Debian's
+``dataset-fashion-mnist``), the MD5 of a .gz file's *payload* (torchvision's check hashes the
+compressed bytes, so it rejects Debian's recompressed — but byte-identical once decompressed —
+Fashion-MNIST files), atomic placement, and errors that say what to do. Every file is checked
+before it is accepted; a corrupt or partial file is removed.
 """
 
 from __future__ import annotations
@@ -11,11 +15,9 @@ import hashlib
 import http.client
 import shutil
 import sys
-import urllib.request
 import zlib
 from pathlib import Path
 
-from tqdm import tqdm
 
 from ..io import atomic_path
 from .registry import DatasetSpec, RawFile
@@ -67,13 +69,12 @@ def verify_dataset(spec: DatasetSpec, raw_dir: str | Path) -> None:
 
 
 def _download_url(url: str, dest: Path) -> None:
-    with urllib.request.urlopen(url, timeout=60) as resp, atomic_path(dest) as tmp:
-        total = int(resp.headers.get("Content-Length") or 0) or None
-        with open(tmp, "wb") as out, tqdm(total=total, unit="B", unit_scale=True,
-                                          desc=f"download {dest.name}") as bar:
-            for chunk in iter(lambda: resp.read(1 << 20), b""):
-                out.write(chunk)
-                bar.update(len(chunk))
+    """torchvision's downloader (progress bar, redirects) into a temporary name, renamed when whole."""
+    from torchvision.datasets.utils import download_url
+
+    with atomic_path(dest) as tmp:
+        tmp.unlink()  # download_url skips a file that exists (no MD5 given)
+        download_url(url, str(tmp.parent), filename=tmp.name)
 
 
 def _candidates(raw: RawFile, spec: DatasetSpec, mirror: str | None) -> list[Path]:

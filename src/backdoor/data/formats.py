@@ -1,17 +1,17 @@
-"""Readers for the original on-disk formats: IDX (MNIST family), CIFAR python pickles, GTSRB zips.
+"""Read a dataset's verified original files through ``torchvision.datasets``.
 
-Each reader returns ``(train_x, train_y, test_x, test_y)`` with uint8 images shaped (N, C, H, W)
-and int64 labels.
+torchvision's dataset classes read the archives' layout; what they lack is kept here: they are
+handed only files this study has verified (``download.verify_dataset``, which also accepts the
+Debian package's recompressed Fashion-MNIST), they unpack into a temporary folder (the raw folder
+is a tracked output and stays untouched), and every reader returns ``(train_x, train_y, test_x,
+test_y)``: uint8 images shaped (N, C, H, W) and int64 labels. ``download=False`` everywhere: reading
+never touches the network. Tiny-ImageNet has no torchvision class; its official archive is read with
+``ImageFolder`` (training) and ``val/val_annotations.txt`` (its validation set is the test set).
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
-import pickle
-import tarfile
-import zipfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,30 +20,10 @@ from PIL import Image
 
 Split = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
-
-def read_idx(path: Path) -> np.ndarray:
-    """Parse an IDX file (optionally gzipped): magic 0x0000, dtype byte, ndim byte, big-endian dims."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number)")
-    ndim = data[3]
-    dims = np.frombuffer(data, dtype=">u4", count=ndim, offset=4).astype(np.int64)
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
-    expected = int(np.prod(dims)) * dtype.itemsize
-    body = data[4 + 4 * ndim:]
-    if len(body) != expected:
-        raise ValueError(f"{path} is truncated: {len(body)} bytes of data, header says {expected}")
-    return np.frombuffer(body, dtype=dtype).reshape(tuple(dims)).copy()  # writable, not a view of bytes
-
-
-def _images(array: np.ndarray) -> torch.Tensor:
+def _images(array) -> torch.Tensor:
     """(N, H, W) or (N, H, W, C) uint8 → (N, C, H, W)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.uint8))
+    tensor = torch.as_tensor(np.ascontiguousarray(array, dtype=np.uint8))
     return tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2).contiguous()
 
 
@@ -51,67 +31,107 @@ def _labels(array) -> torch.Tensor:
     return torch.as_tensor(np.asarray(array, dtype=np.int64))
 
 
-def read_idx_dataset(raw_dir: Path) -> Split:
-    part = {name: read_idx(raw_dir / f"{name}.gz") for name in (
-        "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-    return (_images(part["train-images-idx3-ubyte"]), _labels(part["train-labels-idx1-ubyte"]),
-            _images(part["t10k-images-idx3-ubyte"]), _labels(part["t10k-labels-idx1-ubyte"]))
+def _unpack(archive: Path, into: Path) -> None:
+    from torchvision.datasets.utils import extract_archive
+
+    try:
+        extract_archive(str(archive), str(into))
+    except Exception as err:  # zipfile.BadZipFile, tarfile.ReadError, EOFError, ...
+        raise ValueError(f"{archive} cannot be unpacked ({err}); delete it and run the study again") from err
 
 
-def read_cifar(raw_dir: Path) -> Split:
-    """cifar-10-python.tar.gz: pickled dicts with b'data' (N, 3072) rows in CHW order and b'labels'."""
-    batches: dict[str, dict] = {}
-    with tarfile.open(raw_dir / "cifar-10-python.tar.gz", "r:gz") as tar:
-        for member in tar.getmembers():
-            base = Path(member.name).name
-            if base.startswith("data_batch_") or base == "test_batch":
-                batches[base] = pickle.load(tar.extractfile(member), encoding="bytes")
-    train_names = sorted(n for n in batches if n.startswith("data_batch_"))
-    if not train_names or "test_batch" not in batches:
-        raise ValueError(f"{raw_dir}/cifar-10-python.tar.gz lacks data_batch_* or test_batch")
-
-    def stack(names):
-        data = np.concatenate([batches[n][b"data"] for n in names]).reshape(-1, 3, 32, 32)
-        labels = np.concatenate([batches[n][b"labels"] for n in names])
-        return torch.from_numpy(data.astype(np.uint8)), _labels(labels)
-
-    return (*stack(train_names), *stack(["test_batch"]))
+def _resized(size: int):
+    """torchvision transform: any PIL image → (size, size, 3) uint8, bilinear (as BackdoorBench)."""
+    return lambda image: np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
-def _ppm_to_tensor(raw: bytes, size: int) -> np.ndarray:
-    image = Image.open(io.BytesIO(raw)).convert("RGB").resize((size, size), Image.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
+def _stack(dataset, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    pairs = [dataset[i] for i in range(len(dataset))]
+    if not pairs:
+        raise ValueError(f"no images found in {what}")
+    return _images(np.stack([x for x, _ in pairs])), _labels([y for _, y in pairs])
 
 
-def read_gtsrb(raw_dir: Path, size: int = 32) -> Split:
-    """GTSRB: training zip with per-class GT-XXXXX.csv files, test images zip + a separate GT zip.
+def read_idx_dataset(raw_dir: Path, torchvision_class: str = "FashionMNIST") -> Split:
+    """MNIST / Fashion-MNIST: the four gzipped IDX files, decompressed into torchvision's raw folder."""
+    import torchvision.datasets as tvd
 
-    Images (variable size, PPM) are resized to ``size``×``size`` with bilinear filtering, as
-    BackdoorBench does for its 32×32 GTSRB.
-    """
-    def rows(text: str):
-        return list(csv.DictReader(io.StringIO(text), delimiter=";"))
-
-    train_x, train_y = [], []
-    with zipfile.ZipFile(raw_dir / "GTSRB-Training_fixed.zip") as zf:
-        names = zf.namelist()
-        for csv_name in sorted(n for n in names if Path(n).name.startswith("GT-") and n.endswith(".csv")):
-            folder = str(Path(csv_name).parent)
-            for row in rows(zf.read(csv_name).decode()):
-                train_x.append(_ppm_to_tensor(zf.read(f"{folder}/{row['Filename']}"), size))
-                train_y.append(int(row["ClassId"]))
-    with zipfile.ZipFile(raw_dir / "GTSRB_Final_Test_GT.zip") as zf:
-        gt_name = next(n for n in zf.namelist() if n.endswith(".csv"))
-        test_labels = {row["Filename"]: int(row["ClassId"]) for row in rows(zf.read(gt_name).decode())}
-    test_x, test_y = [], []
-    with zipfile.ZipFile(raw_dir / "GTSRB_Final_Test_Images.zip") as zf:
-        for name in sorted(n for n in zf.namelist() if n.endswith(".ppm")):
-            test_x.append(_ppm_to_tensor(zf.read(name), size))
-            test_y.append(test_labels[Path(name).name])
-    if not train_x or not test_x:
-        raise ValueError(f"no GTSRB images found in {raw_dir}")
-    return _images(np.stack(train_x)), _labels(train_y), _images(np.stack(test_x)), _labels(test_y)
+    cls = getattr(tvd, torchvision_class)
+    with tempfile.TemporaryDirectory(prefix="idx-") as tmp:
+        raw_folder = Path(tmp) / cls.__name__ / "raw"
+        raw_folder.mkdir(parents=True)
+        for name, _ in cls.resources:
+            _unpack(Path(raw_dir) / name, raw_folder)
+        parts = []
+        for train in (True, False):
+            try:
+                ds = cls(tmp, train=train, download=False)
+            except Exception as err:  # torchvision's IDX parser: KeyError, RuntimeError, TypeError, ...
+                raise ValueError(f"{raw_dir}: the {'training' if train else 'test'} IDX files are not readable "
+                                 f"({type(err).__name__}: {err}); delete the folder and run the study again") from err
+            parts += [_images(ds.data), _labels(ds.targets)]
+    return tuple(parts)
 
 
-READERS = {"idx": read_idx_dataset, "cifar": read_cifar, "gtsrb": read_gtsrb}
+def read_cifar(raw_dir: Path, torchvision_class: str = "CIFAR10") -> Split:
+    """cifar-10-python.tar.gz: unpacked, then read by torchvision, which checks each batch's MD5."""
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, torchvision_class)
+    with tempfile.TemporaryDirectory(prefix="cifar-") as tmp:
+        _unpack(Path(raw_dir) / cls.filename, Path(tmp))
+        parts = []
+        for train in (True, False):
+            try:
+                ds = cls(tmp, train=train, download=False)
+            except RuntimeError as err:  # "Dataset not found or corrupted": a batch is missing or its MD5 differs
+                raise ValueError(f"{raw_dir}/{cls.filename}: {err} (torchvision checks every batch file's MD5); "
+                                 "delete it and run the study again") from err
+            parts += [_images(ds.data), _labels(ds.targets)]
+    return tuple(parts)
+
+
+def read_gtsrb(raw_dir: Path, torchvision_class: str = "GTSRB", size: int = 32) -> Split:
+    """GTSRB: the three zips in torchvision's layout; images (variable size, PPM) resized to ``size``²."""
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, torchvision_class)
+    with tempfile.TemporaryDirectory(prefix="gtsrb-") as tmp:
+        base = Path(tmp) / "gtsrb"
+        for name in ("GTSRB-Training_fixed.zip", "GTSRB_Final_Test_Images.zip", "GTSRB_Final_Test_GT.zip"):
+            _unpack(Path(raw_dir) / name, base)
+        train = cls(tmp, split="train", transform=_resized(size), download=False)
+        test = cls(tmp, split="test", transform=_resized(size), download=False)
+        return (*_stack(train, f"{raw_dir}/GTSRB-Training_fixed.zip"),
+                *_stack(test, f"{raw_dir}/GTSRB_Final_Test_Images.zip"))
+
+
+def read_tiny_imagenet(raw_dir: Path, torchvision_class: str | None = None, size: int = 64) -> Split:
+    """tiny-imagenet-200.zip: train/<wnid>/images/*.JPEG through ImageFolder (labels: wnids sorted);
+    val/images + val/val_annotations.txt (file name, wnid, box) as the test set."""
+    from torchvision.datasets import ImageFolder
+
+    with tempfile.TemporaryDirectory(prefix="tiny-") as tmp:
+        _unpack(Path(raw_dir) / "tiny-imagenet-200.zip", Path(tmp))
+        root = Path(tmp) / "tiny-imagenet-200"
+        if not (root / "wnids.txt").is_file():
+            raise ValueError(f"{raw_dir}/tiny-imagenet-200.zip lacks tiny-imagenet-200/wnids.txt: not the official archive")
+        wnids = sorted((root / "wnids.txt").read_text().split())
+        train = ImageFolder(str(root / "train"), transform=_resized(size))
+        if train.classes != wnids:
+            raise ValueError(f"{raw_dir}/tiny-imagenet-200.zip: train/ has {len(train.classes)} class folders, "
+                             f"wnids.txt lists {len(wnids)}")
+        train_x, train_y = _stack(train, f"{raw_dir}/tiny-imagenet-200.zip train/")
+        test_x, test_y = [], []
+        for line in (root / "val" / "val_annotations.txt").read_text().splitlines():
+            if line.strip():
+                name, wnid = line.split("\t")[:2]
+                with Image.open(root / "val" / "images" / name) as image:
+                    test_x.append(_resized(size)(image))
+                test_y.append(train.class_to_idx[wnid])
+        if not test_x:
+            raise ValueError(f"{raw_dir}/tiny-imagenet-200.zip: val/val_annotations.txt lists no images")
+        return train_x, train_y, _images(np.stack(test_x)), _labels(test_y)
+
+
+READERS = {"idx": read_idx_dataset, "cifar": read_cifar, "gtsrb": read_gtsrb, "tiny_imagenet": read_tiny_imagenet}

@@ -37,7 +37,7 @@ def raise_background(x: torch.Tensor, level: int, gen: torch.Generator) -> torch
 
 def prepare(dataset: str, raw_dir: str | Path, split: SplitParams) -> dict:
     spec = get_dataset(dataset)
-    train_x, train_y, test_x, test_y = READERS[spec.format](Path(raw_dir))
+    train_x, train_y, test_x, test_y = READERS[spec.format](Path(raw_dir), spec.torchvision)
     gen = torch.Generator().manual_seed(split.seed)
     keep = _subsample(len(train_y), split.train_limit, gen)
     if split.clean_pool >= len(keep):

@@ -1,6 +1,7 @@
 """The dataset registry: what each dataset is, where its original files come from, how to check them.
 
-URLs and MD5 sums are those of the official archives (the ones torchvision's downloaders use).
+URLs and MD5 sums are those of the official archives, the same as torchvision's dataset classes
+(a test compares them; this module stays free of torch so that parsing the study never imports it).
 ``payload_md5`` is the MD5 of a gzip file's *decompressed* content: Debian's `dataset-fashion-mnist`
 package recompresses the original IDX files, so its .gz bytes differ while the IDX content is the
 original. A file is accepted when either checksum matches.
@@ -33,6 +34,7 @@ class DatasetSpec:
     system_mirrors: tuple[str, ...] = field(default=())  # folders an OS package may install
     source: str | None = None  # a variant: the dataset whose original files it is made from
     background: int = 0  # a variant: zero-valued pixels raised to seeded uniform noise in [0, background]
+    torchvision: str | None = None  # the torchvision.datasets class that reads the files (None: not in torchvision)
 
     @property
     def files_of(self) -> str:
@@ -58,7 +60,7 @@ DATASETS: dict[str, DatasetSpec] = {
             RawFile("t10k-labels-idx1-ubyte.gz", _FASHION + "t10k-labels-idx1-ubyte.gz",
                     "bb300cfdad3c16e7a12a480ee83cd310", "15d484375f8d13e6eb1aabb0c3f46965"),
         ),
-        system_mirrors=("/usr/share/datasets/fashion-mnist",),
+        system_mirrors=("/usr/share/datasets/fashion-mnist",), torchvision="FashionMNIST",
     ),
     "mnist": DatasetSpec(
         name="mnist", format="idx", channels=1, size=28, num_classes=10, train_size=60000,
@@ -73,6 +75,7 @@ DATASETS: dict[str, DatasetSpec] = {
             RawFile("t10k-labels-idx1-ubyte.gz", _MNIST + "t10k-labels-idx1-ubyte.gz",
                     "ec29112dd5afa0611ce80d1b7f02629c"),
         ),
+        torchvision="MNIST",
     ),
     "cifar10": DatasetSpec(
         name="cifar10", format="cifar", channels=3, size=32, num_classes=10, train_size=50000,
@@ -81,6 +84,7 @@ DATASETS: dict[str, DatasetSpec] = {
             RawFile("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
                     "c58f30108f718f92721af3b95e74349a"),
         ),
+        torchvision="CIFAR10",
     ),
     "gtsrb": DatasetSpec(
         name="gtsrb", format="gtsrb", channels=3, size=32, num_classes=43, train_size=39209,
@@ -92,6 +96,17 @@ DATASETS: dict[str, DatasetSpec] = {
                     "c7e4e6327067d32654124b0fe9e82185"),
             RawFile("GTSRB_Final_Test_GT.zip", _GTSRB + "GTSRB_Final_Test_GT.zip",
                     "fe31e9c9270bbcd7b84b7f21a9d9d9e5"),
+        ),
+        torchvision="GTSRB",
+    ),
+    # Stanford CS231n's Tiny-ImageNet (64×64, 200 ImageNet classes, 500 training images each; its
+    # labelled validation set is the test set). Mean and std of the 100,000 training images.
+    "tiny_imagenet": DatasetSpec(
+        name="tiny_imagenet", format="tiny_imagenet", channels=3, size=64, num_classes=200, train_size=100000,
+        mean=(0.4802, 0.4481, 0.3975), std=(0.2770, 0.2691, 0.2821),
+        files=(
+            RawFile("tiny-imagenet-200.zip", "http://cs231n.stanford.edu/tiny-imagenet-200.zip",
+                    "90528d7ca1a48142e341f4ef8d21d0de"),
         ),
     ),
 }

@@ -14,7 +14,8 @@ from .fit import EPOCHS, ITERATIONS, LR, WEIGHT_DECAY, Fit
 from .models import Model
 
 ID = r"[a-z0-9_]+"
-AXES = {"datasets": "dataset", "models": "model", "attacks": "attack", "defenses": "defense"}
+AXES = {"datasets": "dataset", "models": "model", "attacks": "attack", "defenses": "defense",
+        "clean_budgets": "budget"}
 
 
 @spec
@@ -25,12 +26,13 @@ class Skip(Spec):
     models: list[str] | None = param(None, "model ids")
     attacks: list[str] | None = param(None, "attack ids")
     defenses: list[str] | None = param(None, "defense ids")
+    clean_budgets: list[int] | None = param(None, "clean budgets (e.g. each method only at its paper's)", ge=1)
 
     def check(self):
         problems = super().check()
         if not self.axes():
             problems.append(("datasets", "a skip block must name at least one of datasets, models, attacks, "
-                                         "defenses"))
+                                         "defenses, clean_budgets"))
         return problems
 
     def axes(self) -> dict[str, list[str]]:
@@ -204,7 +206,8 @@ class Params(Spec):
                                                       f"{', '.join(sorted(defined)) or '(none)'}"))
         for i, block in enumerate(study.skip):
             for axis, values in block.axes().items():
-                known = study.datasets if axis == "datasets" else {*getattr(self, axis), *self.broken_ids(axis)}
+                known = (getattr(study, axis) if axis in ("datasets", "clean_budgets")
+                         else {*getattr(self, axis), *self.broken_ids(axis)})
                 unknown = [v for v in values if v not in known]
                 if unknown:
                     problems.append((f"study.skip[{i}].{axis}", f"{unknown} are not defined under `{axis}:` "
