@@ -46,16 +46,19 @@ CHAINS = {
     "fip": [
         ("fip_released", {"type": "fip_released"}),
         ("+ study augmentation (crop pad 2)", {"crop_pad": 2}),
-        ("+ gather log-lik, Hutchinson trace (no retainer)", {"type": "fip", "released": False, "eta_r": 0.0}),
+        ("+ gather log-lik, Hutchinson trace (no retainer)",
+         {"type": "fip", "released": False, "eta_r": 0.0, "eta_f": 5.0e-3}),
         ("+ retainer, release's estimator, weight 5", {"eta_r": 5.0, "fisher": "batch_mean"}),
         ("+ per-sample Fisher (eval mode), weight 5", {"fisher": "per_sample"}),
-        ("+ η_r = 1 (= fip)", {"eta_r": 1.0}),
+        ("+ η_r = 1", {"eta_r": 1.0}),
+        ("+ η_F = 0.05, chosen on validation (= fip)", {"eta_f": 5.0e-2}),
     ],
     "nft": [
         ("nft_released", {"type": "nft_released"}),
         ("+ study augmentation (crop pad 2)", {"crop_pad": 2}),
         ("+ cosine per step (not per 200-step round)", {"lr_rounds": 0}),
-        ("+ first BN masked (= nft)", {"type": "nft", "mask_first_bn": True}),
+        ("+ first BN masked", {"type": "nft", "mask_first_bn": True, "floor_alpha": 0.8}),
+        ("+ floor α = 1.0, chosen on validation (= nft)", {"floor_alpha": 1.0}),
     ],
     "fmp": [
         ("fmp_released", {"type": "fmp_released"}),
@@ -77,7 +80,8 @@ MAX_ACC_DROP = 3.0  # points of validation ACC a chosen constant may cost (the p
 
 def pick(cells: list[dict]) -> dict | None:
     """The grid cell the selection rule chooses (None if every cell costs more than MAX_ACC_DROP)."""
-    allowed = [c for c in cells if c["base_acc"] - c["val_acc"] <= MAX_ACC_DROP]
+    # accuracies are float32 percentages of whole images: 3.0000031 is a drop of exactly 3 points
+    allowed = [c for c in cells if round(c["base_acc"] - c["val_acc"], 4) <= MAX_ACC_DROP]
     return min(allowed, key=lambda c: (c["val_asr"], -c["val_acc"])) if allowed else None
 
 
@@ -143,7 +147,7 @@ def report(path: str) -> None:
         print(f"\n{key[0]} grid on {key[1]}, model seed {key[2]}, defense seed {key[3]} (backdoored "
               f"{cells[0]['base_acc']:.2f} / {cells[0]['base_asr']:.2f}): validation ACC / ASR\n")
         print("| settings | val ACC | val ASR | seconds |\n|---|---|---|---|")
-        for c in sorted(cells, key=lambda c: json.dumps(c["grid"], sort_keys=True)):
+        for c in sorted(cells, key=lambda c: [c["grid"][k] for k in sorted(c["grid"])]):
             mark = " **← chosen**" if c is chosen else ""
             label = ", ".join(f"{k} = {v}" for k, v in c["grid"].items())
             print(f"| {label}{mark} | {c['val_acc']:.2f} | {c['val_asr']:.2f} | {c['seconds']:.0f} |")

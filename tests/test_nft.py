@@ -127,7 +127,7 @@ def test_first_bn_can_be_left_unmasked():
     out, info = run(model, random_set(64), lr=5.0, mask_first_bn=False)
     assert len(info["masked_layers"]) == 4
     assert info["masked_layers"][0]["layer"] == "body.features.2.1"
-    assert info["masked_layers"][0]["floor"] == pytest.approx(0.8 * math.exp(-0.5))
+    assert info["masked_layers"][0]["floor"] == pytest.approx(1.0 * math.exp(-0.5))  # nft's floor_alpha
     assert torch.equal(bns(out)[0].weight, first)
 
 

@@ -24,7 +24,7 @@ def problems(mutate) -> str:
 
 def test_shipped_params_are_valid_and_the_library_is_not_needed_for_them():
     params = P.validate(copy.deepcopy(SHIPPED), ROOT / "params.yaml")
-    assert params.defenses["fip"].eta_f == 5.0e-3 and params.study.datasets == ["fashion_mnist"]
+    assert params.defenses["fip"].eta_f == 5.0e-2 and params.study.datasets == ["fashion_mnist"]
 
 
 def test_unknown_attack_id_names_the_key_and_the_known_ids():

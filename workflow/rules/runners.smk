@@ -29,12 +29,12 @@ def code_params(rule):
 _DVC_LOCK = []
 
 
-def hold_dvc_lock():
+def hold_dvc_lock(hold=True):
     """Hold DVC's workspace lock while Snakemake runs jobs, so that a `dvc repro` (or `dvc exp run`)
     started meanwhile stops with a lock error before deleting any output; and stop here, before any
     job, when a DVC command holds it. Jobs that DVC itself runs (DVC_STAGE is set) skip this.
-    """
-    if os.environ.get("DVC_STAGE") or not (ROOT / ".dvc").is_dir():
+    `hold=False` only checks (and releases at once)."""
+    if os.environ.get("DVC_STAGE") or not (ROOT / ".dvc").is_dir() or _DVC_LOCK:
         return
     path = ROOT / ".dvc" / "tmp" / "lock"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,7 +48,17 @@ def hold_dvc_lock():
             "`dvc exp run` or other DVC command is running here. Nothing was changed; run Snakemake "
             "when it has finished."
         ) from None
-    _DVC_LOCK.append(handle)  # released when Snakemake exits
+    if hold:
+        _DVC_LOCK.append(handle)  # released when Snakemake exits
+    else:
+        handle.close()
+
+
+# Checked while the Snakefile is read, before Snakemake takes its own locks: a `dvc repro` running
+# here runs Snakemake jobs whose lock files come and go, and a second Snakemake would otherwise
+# fail on them with an obscure error instead of this one. Job processes (remote, subprocess) skip it.
+if workflow.is_main_process:
+    hold_dvc_lock(hold=False)
 
 
 onstart:

@@ -19,9 +19,9 @@ from backdoor import params as P  # noqa: E402
 # method id -> (knob, values); the study's own value (params.yaml) is added to each sweep.
 SWEEPS = {
     "ft": ("lr", [1.0e-3, 3.0e-3, 3.0e-2, 1.0e-1]),
-    "fip": ("eta_f", [1.0e-3, 2.0e-2, 1.0e-1, 5.0e-1]),          # 0.5: the released code's default
+    "fip": ("eta_f", [1.0e-3, 5.0e-3, 1.5e-1, 5.0e-1]),          # 5e-3: the author's advice; 0.5: the CLI default
     "fast_fip": ("eta_f", [1.0e-3, 2.0e-2, 1.0e-1, 5.0e-1]),
-    "nft": ("floor_alpha", [0.0, 0.4, 0.6, 0.95]),              # the mask floor's scale
+    "nft": ("floor_alpha", [0.0, 0.4, 0.6, 0.8]),               # the mask floor's scale (0.8: the paper's)
     "fmp": ("prune_ratio", [7.8125e-3, 3.125e-2, 6.25e-2, 1.25e-1]),
     "sibp": ("u", [0.5, 1.0, 1.5, 3.0]),
 }

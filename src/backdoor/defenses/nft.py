@@ -36,8 +36,10 @@ Decisions and deviations (paper = what is verifiable of arXiv 2407.10052; code =
    BNs: from l ≈ 8 on, the floor is < 0.02, so deep channels can in effect be switched off, while
    early layers are kept near their original scale. With 5 BNs the floors are 0.485, 0.294, 0.179,
    0.108, 0.066: no channel can be scaled below 6.6% of its γ, i.e. NFT here is strictly a soft
-   re-weighting. We keep the spec's formula by default (``floor_alpha``, ``floor_beta``), since the
-   third-party port applies the same α, β to every architecture too; ``floor_depth: relative`` is
+   re-weighting. We keep the spec's formula (``floor_alpha``, ``floor_beta``), since the
+   third-party port applies the same α, β to every architecture too, with α = 1.0 instead of 0.8,
+   chosen on validation data (benchmarks/ablation.py --grid, badnets seed 0: 0.2–0.4 leave ASR ≈ 72,
+   0.6–1.0 give 30.5–31.1, a flat optimum; nft_released keeps 0.8); ``floor_depth: relative`` is
    offered as a documented alternative that maps the masked BNs affinely onto indices 1…19
    (first layer 0.485, last 6e-5), i.e. keeps the floor a function of relative depth. On the
    Fashion-MNIST CNN few masks end at their floor (≤ 3 of 208 channels with 600 clean images), so

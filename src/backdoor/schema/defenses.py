@@ -74,7 +74,8 @@ class FIP(Defense, Fit):
     momentum: float = MOMENTUM(0.95)
     schedule: str = SCHEDULE("constant")
     iterations: int | None = ITERATIONS(2000)
-    eta_f: float = param(5.0e-3, "η_F, weight of the Fisher-trace (backdoor-suppressing) term", ge=0)
+    eta_f: float = param(5.0e-2, "η_F, weight of the Fisher-trace (backdoor-suppressing) term; chosen on "
+                                 "validation (README, 'Released vs corrected')", ge=0)
     eta_r: float = param(1.0, "η_r, weight of the diagonal-Fisher retainer (0 disables it)", ge=0)
     trace_every: int = param(5, "compute the trace term on every k-th batch only", ge=1)
     probes: int = param(20, "Hutchinson probe vectors per trace evaluation", ge=1)
@@ -92,6 +93,8 @@ class FIPReleased(FIP):
     """FIP as released (methods.md §2.3): the release's objective and augmentation (crop pad 4)."""
 
     crop_pad: int = CROP_PAD(4)
+    eta_f: float = param(5.0e-3, "η_F, weight of the released projection term (the author's advice, FIP "
+                                 "issue #2; the repository's command-line default is 0.5)", ge=0)
     released: bool = param(True, "true: the released code's B×B log-likelihood, zero-mean projection, "
                                  "no retainer")
 
@@ -100,6 +103,8 @@ class FIPReleased(FIP):
 class FastFIP(FIP):
     lr: float = LR(2.5e-2)
     iterations: int | None = ITERATIONS(400)
+    eta_f: float = param(5.0e-3, "η_F, weight of the Fisher-trace term (the author's advice, FIP issue #2; "
+                                 "not re-chosen on validation)", ge=0)
 
 
 @defense("nft", "backdoor.defenses.nft")
@@ -110,7 +115,8 @@ class NFT(Defense, Fit):
     iterations: int | None = ITERATIONS(1000)
     mixup_alpha: float = param(1.0, "MixUp λ ~ Beta(α, α); 0 disables MixUp", ge=0)
     l1_weight: float = param(1.0e-3, "L1 weight on 1 − mask, divided by the clean images per class", ge=0)
-    floor_alpha: float = param(0.8, "mask floor of the l-th masked BN: floor_alpha · exp(−floor_beta · l)", ge=0)
+    floor_alpha: float = param(1.0, "mask floor of the l-th masked BN: floor_alpha · exp(−floor_beta · l); "
+                                     "chosen on validation (the paper's 0.8: nft_released)", ge=0)
     floor_beta: float = param(0.5, "decay of the mask floor with depth", ge=0)
     floor_depth: str = param("index", "l = 1, 2, … (index) or mapped onto 1 … floor_ref_layers (relative)",
                              choices=("index", "relative"))
@@ -127,6 +133,8 @@ class NFTReleased(NFT):
     """NFT as released (``Remove_Backdoor.py``, methods.md §3.3)."""
 
     crop_pad: int = CROP_PAD(4)
+    floor_alpha: float = param(0.8, "mask floor of the l-th masked BN: floor_alpha · exp(−floor_beta · l) "
+                                    "(the paper's and release's 0.8)", ge=0)
     mask_first_bn: bool = param(False, "false: leave the first BN in forward order unmasked")
     lr_rounds: int = param(5, "0: the cosine moves every step; k: once per 1/k of the run (the "
                               "release's per-round scheduler)", ge=0)
