@@ -29,8 +29,7 @@ rule poison:
         STUDY_ENV
     threads: JOB_THREADS
     resources:
-        mem_mb=8000,
-        runtime=30,
+        **DATA_RESOURCES,
     params:
         values=step_params("poison"),
         code=code_params("poison"),

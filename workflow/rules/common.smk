@@ -32,6 +32,7 @@ os.environ.update(
 # the SLURM executor asks for one per job; memory and minutes are what the cluster reserves
 # (profiles/slurm overrides them per rule). Light rules (download, aggregate, report) stay local.
 TORCH_RESOURCES = dict(gpu=int(P.uses_gpu(PARAMS.device)), mem_mb=8000, runtime=120)
+DATA_RESOURCES = dict(mem_mb=8000, runtime=30)  # prepare, poison: no model, no GPU
 
 
 wildcard_constraints:

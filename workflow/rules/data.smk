@@ -23,8 +23,7 @@ rule prepare:
         STUDY_ENV
     threads: JOB_THREADS
     resources:
-        mem_mb=8000,
-        runtime=30,
+        **DATA_RESOURCES,
     params:
         values=step_params("prepare"),
         code=code_params("prepare"),
