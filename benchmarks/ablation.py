@@ -39,7 +39,7 @@ from backdoor.io import load_tensors
 from backdoor.metrics import evaluate
 from backdoor.models import load_checkpoint
 from backdoor.schema.defenses import DEFENSES
-from backdoor.steps import attack_context, clean_indices, run_defense, seed_generator
+from backdoor.steps import attack_context, clean_generator, clean_indices, run_defense
 
 # (label, change to the previous row's settings); the first row is the released type as declared.
 CHAINS = {
@@ -109,9 +109,9 @@ def parse_grid(items: list[str]) -> list[dict]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
 
 
-def validation_sets(prepared: dict, poisoned: dict, budget: int, sampling: str, defense_seed: int):
-    """(clean validation set, triggered validation set): the pool minus the defense's clean draw."""
-    given = clean_indices(prepared, budget, sampling, seed_generator("clean", budget, defense_seed))
+def validation_sets(prepared: dict, poisoned: dict, budget: int, sampling: str, seed: int, defense_seed: int):
+    """(clean validation set, triggered validation set): the pool minus the run's clean draw."""
+    given = clean_indices(prepared, budget, sampling, clean_generator(budget, seed, defense_seed))
     pool = prepared["pool_idx"]
     val = pool[~torch.isin(pool, given)].sort().values
     clean = TensorSet(prepared["train_x"][val], prepared["train_y"][val])
@@ -198,7 +198,7 @@ def main() -> None:
     for k, label, settings, cell in jobs:
         spec = DEFENSES[settings["type"]].of(settings)
         clean, triggered, n_given = validation_sets(prepared, poisoned, args.budget, spec.clean_sampling,
-                                                    args.defense_seed)
+                                                    args.seed, args.defense_seed)
         if base is None:
             base = evaluate(load_checkpoint(ckpt).eval(), clean, triggered)
             print(f"| backdoored ({len(clean)} val images, {len(triggered)} triggered) | {base['acc']:.2f} | "
@@ -206,7 +206,7 @@ def main() -> None:
         defense_id = settings["type"]  # the random stream follows the type's id, as in the study
         start = time.perf_counter()
         model, info, _, _ = run_defense(prepared, load_checkpoint(ckpt), defense_id, spec.to_dict(), args.budget,
-                                        args.defense_seed, device, "fp32")
+                                        args.seed, args.defense_seed, device, "fp32")
         scores = evaluate(model.eval(), clean, triggered)
         seconds = time.perf_counter() - start
         print(f"| {label if k is None else f'{k}. {label}'} | {scores['acc']:.2f} | {scores['asr']:.2f} | "

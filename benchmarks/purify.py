@@ -66,7 +66,7 @@ def main() -> None:
         entry = {**config["defenses"].get(defense_id, {"type": defense_id}), **overrides.get(defense_id, {})}
         dparams = P.entry({**config, "defenses": {defense_id: entry}}, "defenses", defense_id).to_dict()
         model, _, _, seconds = run_defense(prepared, load_checkpoint(ckpt), defense_id, dparams, args.budget,
-                                           args.defense_seed, device, precision)
+                                           args.seed, args.defense_seed, device, precision)
         with autocast(precision, device):
             scores = evaluate(model, clean_test, triggered)
         rows.append((defense_id, scores["acc"], scores["asr"], scores["ra"],

@@ -224,11 +224,18 @@ def smoothness(prepared_path: str, model_path: str, out_path: str, settings: dic
           f"{result.trace_h_se:.2g}  ({result.seconds:.1f} s)")
 
 
+def clean_generator(budget: int, seed: int, defense_seed: int) -> torch.Generator:
+    """The clean draw of run (training ``seed``, ``defense_seed``): every training seed draws its own
+    clean set, so independent training seeds are independent runs; every defense of a run sees the
+    same draw (paired comparisons)."""
+    return seed_generator("clean", budget, seed, defense_seed)
+
+
 def run_defense(prepared: dict, model, defense_id: str, defense_params: dict, budget: int, seed: int,
-                device: torch.device, precision: str = "fp32"):
-    """One defense on ``model`` with ``budget`` clean images from the pool under ``precision`` (already
-    resolved). ``seed`` is the defense seed: it fixes the clean draw (per budget) and the defense's
-    random stream (per defense id), independently of the model's training seed.
+                defense_seed: int, device: torch.device, precision: str = "fp32"):
+    """One defense on ``model`` (trained with ``seed``) with ``budget`` clean images from the pool under
+    ``precision`` (already resolved). The run (``seed``, ``defense_seed``) fixes the clean draw (per
+    budget, :func:`clean_generator`) and the defense's random stream (per defense id).
 
     Returns (purified model, info, number of clean images, seconds the defense took)."""
     from .defenses import get_defense
@@ -236,14 +243,13 @@ def run_defense(prepared: dict, model, defense_id: str, defense_params: dict, bu
     from .schema.defenses import DEFENSES
 
     defense_params = DEFENSES[defense_params["type"]].of(defense_params)  # typed, defaults filled in
-    clean = select_clean(prepared, budget, defense_params.clean_sampling,
-                         seed_generator("clean", budget, seed))
+    clean = select_clean(prepared, budget, defense_params.clean_sampling, clean_generator(budget, seed, defense_seed))
     defense = get_defense(defense_params["type"])
-    torch.manual_seed(seed)
+    torch.manual_seed(seed_generator("global", seed, defense_seed).initial_seed())
     start = time.perf_counter()
     with autocast(precision, device):
         model, info = defense(model.to(device), clean, defense_params,
-                              seed_generator("defense", defense_id, seed), device)
+                              seed_generator("defense", defense_id, seed, defense_seed), device)
     return model, info, len(clean), time.perf_counter() - start
 
 
@@ -262,7 +268,7 @@ def purify(prepared_path: str, poisoned_path: str, model_path: str, model_metric
     dev = pick_device(device)
     precision = resolve_precision(precision, dev)
     model = load_checkpoint(model_path, expect_arch=arch)
-    model, info, n_clean, runtime = run_defense(prepared, model, ids["defense"], defense_params, budget,
+    model, info, n_clean, runtime = run_defense(prepared, model, ids["defense"], defense_params, budget, seed,
                                                 defense_seed, dev, precision)
     clean_test, triggered = test_sets(prepared, load_tensors(poisoned_path))
     with autocast(precision, dev):
