@@ -10,7 +10,7 @@ BIN := $(if $(findstring /,$(PYTHON)),$(abspath $(dir $(PYTHON))))
 export PATH := $(if $(BIN),$(BIN):)$(PATH)
 
 .PHONY: setup study test test-fast lint dvc.yaml status verify publish fetch-results figures bench clean \
-	study-cause study-cifar10 study-full study-released study-paper setup-slurm test-slurm
+	study-cause study-cifar10 study-full study-released study-paper study-variance setup-slurm test-slurm
 
 setup:  ## install system + Python dependencies into .venv (idempotent)
 	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
@@ -64,20 +64,23 @@ clean:  ## remove pipeline outputs and logs (not the DVC cache, not .venv)
 	rm -rf data results logs .snakemake
 
 study-cause: setup  ## why the default resists purification (profiles/cause.yaml), then its tables
-	snakemake --cores $(CORES) --configfile profiles/cause.yaml all  # Snakemake only: dvc.yaml follows params.yaml
+	snakemake --cores $(CORES) all --configfile profiles/cause.yaml  # Snakemake only: dvc.yaml follows params.yaml
 	$(PYTHON) benchmarks/cause.py
 
 study-cifar10: setup  ## the seed papers' setting on CPU: CIFAR-10 × PreAct-ResNet18, 500 clean images
-	snakemake --cores $(CORES) --configfile profiles/cifar10.yaml all  # Snakemake only: dvc.yaml follows params.yaml
+	snakemake --cores $(CORES) all --configfile profiles/cifar10.yaml  # Snakemake only: dvc.yaml follows params.yaml
+
+study-variance: setup  ## where a cell's spread comes from: badnets × 3 training seeds × 3 defense seeds (profiles/variance.yaml)
+	snakemake --cores $(CORES) all --configfile profiles/variance.yaml  # Snakemake only: dvc.yaml follows params.yaml
 
 study-released: setup  ## the seed methods next to their released twins on badnets and blend (profiles/released.yaml)
-	snakemake --cores $(CORES) --configfile profiles/released.yaml all  # Snakemake only: dvc.yaml follows params.yaml
+	snakemake --cores $(CORES) all --configfile profiles/released.yaml  # Snakemake only: dvc.yaml follows params.yaml
 
 study-paper: setup  ## the seed papers' setting on one GPU: CIFAR-10 × PreAct-ResNet18 w64, 3 × 3 seeds (profiles/paper.yaml)
-	snakemake --cores $(CORES) --resources gpu=1 --configfile profiles/paper.yaml all  # Snakemake only: dvc.yaml follows params.yaml
+	snakemake --cores $(CORES) --resources gpu=1 all --configfile profiles/paper.yaml  # Snakemake only: dvc.yaml follows params.yaml
 
 study-full: setup  ## every attack × defense × 3 training seeds × 3 defense seeds × both models (days on 2 cores)
-	snakemake --cores $(CORES) --configfile profiles/full.yaml all  # Snakemake only: dvc.yaml follows params.yaml
+	snakemake --cores $(CORES) all --configfile profiles/full.yaml  # Snakemake only: dvc.yaml follows params.yaml
 
 setup-slurm: setup  ## the pinned SLURM executor plugin (profiles/slurm), into the same environment
 	$(PYTHON) -m pip install -q -r envs/slurm.txt

@@ -46,14 +46,14 @@ def sh(cmd: str, cwd: Path, ok: bool = True) -> str:
 def tiny(params: dict) -> dict:
     params["splits"].update(clean_pool=100, train_limit=700, test_limit=300)
     params["study"].update(attacks=["benign", "badnets", "blend", "trojan"], defenses=["none", "ft", "fmp"],
-                           clean_budgets=[50], skip=[{"attacks": ["trojan"], "defenses": ["ft", "fmp"]}])
+                           clean_budgets=[50], seeds=[0], skip=[{"attacks": ["trojan"], "defenses": ["ft", "fmp"]}])
     params["attacks"]["trojan"]["iterations"] = 5  # a crafted attack: its craft step runs on the benign model
     params["train"]["epochs"] = 1
     params["defenses"]["ft"]["iterations"] = 5
     params["defenses"]["fmp"].update(iterations=5, chunk_images=64)  # a seed method: features and t-SNE
-    params["figures"]["tsne"].update(clean_images=120, triggered_images=60)
+    params["figures"]["tsne"].update(attacks=["badnets", "blend"], clean_images=120, triggered_images=60)
     params["device"] = "cpu"
-    params["analysis"]["smoothness"].update(images=50, power_iterations=5, probes=3)
+    params["analysis"]["smoothness"].update(enabled=True, images=50, power_iterations=5, probes=3)
     return params
 
 

@@ -1,7 +1,10 @@
-"""Faults on a tiny study: killed jobs, an interrupted run, damaged raw files, bad params.yaml edits.
+"""Faults on a tiny study: killed jobs, a killed runner, an interrupted run, damaged raw files, bad
+params.yaml edits.
 
 - kill -9 of a train job and of a purify job while they write their outputs: nothing that looks
   complete is left, and rerunning gives results identical to an undisturbed run;
+- kill -9 of the Snakemake process itself: `run_all.sh` clears the stale lock (saying so) and
+  finishes; a live runner or orphaned job is named instead;
 - SIGINT to a running `run_all.sh` (what `make study` runs) as a model is put in place: running it
   again finishes the study (the default profile's rerun-incomplete);
 - a corrupted or truncated raw file: a checksum error naming the file and the fix, from the download
@@ -354,3 +357,104 @@ def test_bad_params_edit_is_refused_before_any_job_naming_the_key(battery, what,
         assert "line " in output  # the file's own lines can point at every other case
     for folder in ("data", "results", "logs"):
         assert not (battery / folder).exists(), f"{what}: a job ran"
+
+
+# -- kill -9 of the runner itself ------------------------------------------------------------------
+
+def test_a_live_runner_or_orphaned_job_is_named_and_a_stale_lock_cleared(tmp_path):
+    sys.path.insert(0, str(ROOT / "workflow/scripts"))
+    import guard
+
+    (tmp_path / ".snakemake/locks").mkdir(parents=True)
+    (tmp_path / ".snakemake/locks/0.input.lock").write_text("x")
+    for argv0, says in [("snakemake", "another Snakemake run is working"),
+                        (f"{tmp_path}/.snakemake/scripts/tmpx.purify.py", "a job of an earlier, killed Snakemake run")]:
+        proc = subprocess.Popen(["bash", "-c", f"exec -a {argv0} sleep 30"], cwd=tmp_path)
+        try:
+            deadline = time.monotonic() + 10
+            while not any(pid == proc.pid for group in guard.workspace_processes(tmp_path) for pid, _ in group):
+                assert time.monotonic() < deadline, "the stand-in process was not seen"
+                time.sleep(0.05)
+            with pytest.raises(SystemExit, match=says):
+                guard.clear_stale_lock(tmp_path)
+            assert (tmp_path / ".snakemake/locks/0.input.lock").exists()  # nothing changed
+        finally:
+            proc.kill()
+            proc.wait()
+    guard.clear_stale_lock(tmp_path)  # nobody alive: the lock is stale
+    assert not any((tmp_path / ".snakemake/locks").iterdir())
+
+
+def test_kill_9_of_snakemake_itself_then_make_study_clears_the_lock_and_resumes(base, reference):
+    """The runner dies (power loss, OOM killer, closed terminal) after a model is in place; its jobs
+    end on their own. The README's command then clears the stale lock in one line and finishes."""
+    sys.path.insert(0, str(ROOT / "workflow/scripts"))
+    import guard
+
+    cwd = project(base, "runner_killed")
+    models = cwd / "results/models/fashion_mnist/cnn/badnets"
+    models.mkdir(parents=True)
+    watch = Inotify(models, renamed=True)
+    proc = subprocess.Popen("snakemake --cores 1 all", shell=True, cwd=cwd, env=ENV, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        watch.wait_for("seed0.pt")
+        runners, _ = guard.workspace_processes(cwd)
+        assert runners, "no Snakemake runner found"
+        for pid, _ in runners:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        watch.close()
+    proc.communicate(timeout=600)
+    deadline = time.monotonic() + 600
+    while any(guard.workspace_processes(cwd)):  # the orphaned job finishes on its own
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert any((cwd / ".snakemake/locks").iterdir())  # a plain rerun stops with a LockException
+
+    again = run("workflow/scripts/run_all.sh", cwd)
+    assert "cleared its stale lock" in again.stderr
+    assert_same_results(cwd, reference)
+
+
+# -- everyday accidents after a finished study: the README's command repairs them ------------------
+
+RUN_FILES = "results/runs/fashion_mnist/cnn/badnets/ft/n50_seed0_d0"
+ACCIDENTS = {  # what is done to a finished, recorded study -> the rules `run_all.sh` then runs
+    "deleted run": (f"rm {RUN_FILES}.pt {RUN_FILES}.json {RUN_FILES}.time.json", {"purify", "aggregate", "report"}),
+    "deleted model": ("rm results/models/fashion_mnist/cnn/badnets/seed0.pt",
+                      {"train", "purify", "aggregate", "report"}),
+    "dvc commit -f": ("dvc commit -f -q", set()),
+    "truncated metrics json": (f"truncate -s 20 {RUN_FILES}.json", {"purify", "aggregate", "report"}),
+}
+
+
+@pytest.fixture(scope="module")
+def finished(base, reference):
+    cwd = project(base, "accidents")
+    run("workflow/scripts/run_all.sh", cwd)
+    return cwd
+
+
+def rules_run(output: str) -> set[str]:
+    """The rules of Snakemake's 'Job stats' table in ``output`` (but `all`)."""
+    if "Job stats:" not in output:
+        return set()
+    table = output.split("Job stats:")[1].split("\n\n")[0].splitlines()[3:]
+    return {line.split()[0] for line in table if line.split() and line.split()[0] not in ("all", "total")}
+
+
+@pytest.mark.parametrize("accident", list(ACCIDENTS))
+def test_an_accident_is_repaired_by_the_readmes_command_with_the_same_results(finished, reference, accident):
+    cwd = finished
+    command, expected = ACCIDENTS[accident]
+    run(command, cwd)
+    again = run("workflow/scripts/run_all.sh", cwd)
+    said = again.stdout + again.stderr
+    assert rules_run(said) == expected, said[-3000:]
+    if expected:
+        assert "reconcile:" in again.stderr and "remaking them" in again.stderr
+    assert "run_all: outputs recorded in dvc.lock" in again.stdout
+    assert "Nothing to be done" in run("snakemake -n --cores 1 all", cwd).stdout
+    assert "Data and pipelines are up to date" in run("dvc status", cwd).stdout
+    assert_same_results(cwd, reference)

@@ -61,24 +61,27 @@ def metrics_fixture(budgets=(600,), seeds=(0, 1), defenses=DEFENSES, attacks=ATT
 
 # -- tables --------------------------------------------------------------------------------------
 
-def test_best_cells_pick_the_best_defense_never_the_undefended_model():
-    means = pd.DataFrame({"none": [90.0, 1.0], "ft": [88.0, 50.0], "fip": [88.0, 40.0]}, index=["a", "b"])
-    assert tables.best_cells(means, "acc", 1).loc["a"].tolist() == [False, True, True]  # a tie: both
-    assert tables.best_cells(means, "asr", 1).loc["b"].tolist() == [False, False, True]
-
-
-def test_markdown_tables_bold_the_best_and_mark_skipped_cells():
-    text = tables.markdown_report(metrics_fixture())
+def test_markdown_tables_mark_only_supported_bests_and_skipped_cells():
+    text = tables.markdown_report(metrics_fixture(seeds=(0, 1, 2)))
     for label in ["ACC (%)", "ASR (%)", "RA (%)", "DER (%)"]:
         assert f"{label} per attack" in text
+    assert "n = 3 runs per cell" in text
     asr_block = text.split("ASR (%) per attack")[1].split("RA (%)")[0]
     badnets = next(line for line in asr_block.splitlines() if line.startswith("| badnets |"))
     cells = badnets.strip("|").split("|")[2:]  # after attack and none
-    values = [float(c.strip(" *").split(" ± ")[0]) for c in cells]
-    bold = [i for i, c in enumerate(cells) if "**" in c]
-    assert bold == [int(np.argmin(values))]
+    values = [float(c.strip(" *").split(" [")[0]) for c in cells]
+    marked = [i for i, c in enumerate(cells) if "*" in c]
+    assert int(np.argmin(values)) in marked  # the best mean carries a mark: best (bold) or a tie (italic)
     assert "—" in text.split("ACC (%) per attack")[1].split("| wanet |")[1].splitlines()[0]
-    assert " ± " in text and "| badnets | ft |" in text
+    assert " [" in text and "| badnets | ft |" in text
+    assert "### Across attacks" in text and "P(beats ft)" in text and "Mean rank by DER" in text
+
+
+def test_one_run_per_cell_marks_nothing_and_shows_no_interval():
+    text = tables.markdown_report(metrics_fixture(seeds=(0,)))
+    block = text.split("ASR (%) per attack")[1].split("RA (%)")[0]
+    assert "*" not in block and "[" not in block
+    assert "n = 1 runs per cell" in text
 
 
 def latex_structure(tex: str) -> list[str]:
@@ -116,8 +119,8 @@ def test_latex_tables_are_balanced_booktabs_with_one_row_per_attack():
         assert rule in table
     for attack in ATTACKS:  # one row per attack in each of the four metric panels
         assert len(re.findall(rf"^{re.escape(tables._tex(attack))} &", table, flags=re.M)) == 4
-    assert table.count(r"\textbf{") >= 4 * (len(ATTACKS) - 1)  # a best cell per row (ties add more)
-    assert r"fashion\_mnist" in table and r"$\pm$" in table and "--" in table
+    assert table.count(r"\textbf{") + table.count(r"\textit{") >= 4 * len(ATTACKS)  # a mark per row
+    assert r"fashion\_mnist" in table and r"\scriptsize\,[" in table and "--" in table
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no pdflatex (apt-get install texlive-latex-recommended)")
@@ -159,6 +162,10 @@ def test_sample_efficiency_and_tradeoff_data():
 
 # -- figures -------------------------------------------------------------------------------------
 
+REPORT_FIGURES = ["heatmaps", "aggregate", "improvement", "ranks", "runtime_asr", "smoothness", "sample_efficiency",
+                  "tradeoff"]
+
+
 def png_size_in(path: Path) -> tuple[float, float]:
     with Image.open(path) as im:
         return im.size[0] / 300, im.size[1] / 300
@@ -172,21 +179,25 @@ def test_every_report_output_from_a_metrics_fixture(tmp_path):
            "tex": [tmp_path / f"fashion_mnist-cnn-n{b}.tex" for b in (10, 100, 600, 3000)],
            "headline": tmp_path / "headline.json", "data_runtime_asr": tmp_path / "runtime_asr.csv",
            "data_se_asr": tmp_path / "se_asr.csv", "data_se_acc": tmp_path / "se_acc.csv",
-           "data_tradeoff": tmp_path / "tradeoff.csv"}
-    for name in ["heatmaps", "runtime_asr", "smoothness", "sample_efficiency", "tradeoff"]:
+           "data_tradeoff": tmp_path / "tradeoff.csv", "data_aggregate": tmp_path / "aggregate.csv",
+           "data_improvement": tmp_path / "improvement.csv", "data_ranks": tmp_path / "ranks.csv"}
+    for name in REPORT_FIGURES:
         out[name] = tmp_path / f"{name}.png"
         out[f"{name}_vector"] = [tmp_path / f"{name}.svg", tmp_path / f"{name}.pdf"]
     sweeps = {"fip": {"knob": "eta_f", "defenses": ["fip", "fast_fip"]}}  # two points on one curve
     report.write(tmp_path / "metrics.csv", out, figures=figs, sweeps=sweeps,
                  sweep_params={"fip": {"eta_f": 5e-3}, "fast_fip": {"eta_f": 1e-2}})
-    for name in ["heatmaps", "runtime_asr", "smoothness", "sample_efficiency", "tradeoff"]:
+    for name in REPORT_FIGURES:
         assert out[name].stat().st_size > 10_000, name
         width, _ = png_size_in(out[name])
         assert width <= 7.2, f"{name} is {width:.1f} in wide: too wide for a page"
         assert out[f"{name}_vector"][0].read_text().startswith("<?xml")
     assert json.loads(out["headline"].read_text())["fashion_mnist-cnn-n600"]["none"]["der"] == 50.0
-    assert "<b>" in out["html"].read_text()
+    assert "<b>" in out["html"].read_text() or "<i>" in out["html"].read_text()
     assert all(latex_structure(p.read_text()) == [] for p in out["tex"])
+    ranks = pd.read_csv(out["data_ranks"])
+    assert set(ranks["clean_budget"]) == {10, 100, 600, 3000} and ranks["mean_rank"].between(1, len(DEFENSES)).all()
+    assert set(pd.read_csv(out["data_improvement"])["defense"]) == set(DEFENSES) - {"none", "ft"}
 
 
 def test_runtime_labels_do_not_overlap():
@@ -294,7 +305,7 @@ def test_default_dag_draws_tsne_from_features_of_the_seed_methods():
             for j in snake2dvc.snakemake_jobs(ROOT / "Snakefile")}
     tsne = jobs[("tsne", "fashion_mnist", "cnn", "badnets")]
     methods = [str(p).split("/")[-2] for p in tsne.input if str(p).startswith("results/features/")]
-    assert methods == ["none", "fip", "fast_fip", "nft", "fmp", "sibp"]
+    assert methods == ["none", "fip", "nft", "fmp"]  # figures.tsne.defenses
     assert all(str(p).startswith("results/features/") for p in tsne.input)  # no models, no data
     feats = jobs[("features", "fashion_mnist", "cnn", "badnets", "fip", "600", "0", "0")]
     assert "results/runs/fashion_mnist/cnn/badnets/fip/n600_seed0_d0.pt" in [str(p) for p in feats.input]

@@ -15,6 +15,7 @@ from torch import nn
 
 from .augment import to_float
 from .data.tensors import TensorSet, TriggeredSet
+from .device import memory_format
 
 
 def percent(hits: torch.Tensor) -> float:
@@ -30,8 +31,9 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1024,
     model.eval()
     if device.type == "cuda" and images.device.type == "cpu":
         images = images.pin_memory()  # each batch's copy below is then asynchronous
+    fmt = memory_format(model)
     preds = [model(to_float(images[i:i + batch_size].to(device, non_blocking=True)).contiguous(
-        memory_format=torch.channels_last)).argmax(1).cpu()
+        memory_format=fmt)).argmax(1).cpu()
              for i in range(0, len(images), batch_size)]
     model.train(was_training)
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)

@@ -20,7 +20,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
-from . import tables  # noqa: E402
+from . import stats, tables  # noqa: E402
 from .io import atomic_path  # noqa: E402
 
 SINGLE, DOUBLE = 3.3, 7.0  # inches
@@ -62,7 +62,8 @@ def _colors(names) -> dict:
 
 # -- main heatmaps -------------------------------------------------------------------------------
 
-def _heatmap(ax, table: pd.DataFrame, cmap, norm, fmt: str, dark) -> object:
+def _heatmap(ax, table: pd.DataFrame, cmap, norm, fmt: str, dark, intervals=None) -> object:
+    """Cells coloured by ``table``; the mean in each, and below it ``intervals[(row, col)]`` when given."""
     values = table.to_numpy(dtype=float)
     image = ax.imshow(values, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
     ax.set_xticks(range(table.shape[1]), table.columns, rotation=45, ha="right", rotation_mode="anchor")
@@ -73,17 +74,24 @@ def _heatmap(ax, table: pd.DataFrame, cmap, norm, fmt: str, dark) -> object:
     for (i, j), v in np.ndenumerate(values):
         if np.isnan(v):
             ax.text(j, i, "—", ha="center", va="center", fontsize=small, color="0.45")
+            continue
+        color = "white" if dark(v) else "black"
+        iv = intervals.get((table.index[i], table.columns[j])) if intervals else None
+        if iv is not None and iv.has_interval:
+            ax.text(j, i - 0.13, format(v, fmt), ha="center", va="center", fontsize=small, color=color)
+            ax.text(j, i + 0.22, f"[{format(iv.lo, fmt)}, {format(iv.hi, fmt)}]", ha="center", va="center",
+                    fontsize=small - 1.8, color=color)
         else:
-            ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=small,
-                    color="white" if dark(v) else "black")
+            ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=small, color=color)
     return image
 
 
 def heatmap_figure(frame: pd.DataFrame):
-    """ΔACC against the undefended model (diverging, 0 = white) and ASR (0–100) per attack and defense."""
+    """ΔACC against the undefended model (diverging, 0 = white) and ASR (0–100) per attack and
+    defense: the mean over runs and, below it, its 95% bootstrap interval."""
     groups = _groups(frame)
     n_att, n_def = frame["attack"].nunique(), frame["defense"].nunique()
-    panel_h = 0.55 + 0.2 * n_att
+    panel_h = 0.55 + 0.3 * n_att
     width = DOUBLE if n_def <= 16 else DOUBLE * n_def / 16
     with _style():
         fig, axes = plt.subplots(2 * len(groups), 1, figsize=(width, (2 * panel_h + 0.5) * len(groups)),
@@ -92,17 +100,21 @@ def heatmap_figure(frame: pd.DataFrame):
             part = part.assign(dacc=part["acc"] - part["acc_before"])
             drop, _ = tables.pivot(part, "dacc")
             asr, _ = tables.pivot(part, "asr")
+            n = tables.run_count(part)
+            runs = f"mean [95% interval] over {n} runs" if n is not None else "mean [95% interval] over runs"
             limit = max(1.0, float(np.ceil(np.nanmax(np.abs(drop.to_numpy(dtype=float))))))
             ax = axes[2 * g, 0]
-            img = _heatmap(ax, drop, "RdBu", TwoSlopeNorm(0, -limit, limit), "+.1f", lambda v: abs(v) > 0.6 * limit)
+            img = _heatmap(ax, drop, "RdBu", TwoSlopeNorm(0, -limit, limit), "+.1f", lambda v: abs(v) > 0.6 * limit,
+                           stats.cell_intervals(part, "dacc"))
             fig.colorbar(img, ax=ax, fraction=0.03, pad=0.01, aspect=8).set_label("ΔACC (points)")
-            ax.set_title(f"ACC change against the undefended model (points) — {_group_title(dataset, model, budget)}",
-                         loc="left")
+            ax.set_title(f"ACC change against the undefended model (points), {runs} — "
+                         f"{_group_title(dataset, model, budget)}", loc="left")
             ax.set_xticklabels([])
             ax = axes[2 * g + 1, 0]
-            img = _heatmap(ax, asr, "Reds", plt.Normalize(0, 100), ".1f", lambda v: v > 60)
+            img = _heatmap(ax, asr, "Reds", plt.Normalize(0, 100), ".1f", lambda v: v > 60,
+                           stats.cell_intervals(part, "asr"))
             fig.colorbar(img, ax=ax, fraction=0.03, pad=0.01, aspect=8).set_label("ASR (%)")
-            ax.set_title("attack success rate after purification, ASR (%)", loc="left")
+            ax.set_title(f"attack success rate after purification, ASR (%), {runs}", loc="left")
             ax.set_xlabel("defense")
             for a in (axes[2 * g, 0], axes[2 * g + 1, 0]):
                 a.set_ylabel("attack")
@@ -155,9 +167,10 @@ def place_labels(ax, xs, ys, texts, fontsize=6) -> list:
 # -- runtime against effectiveness -----------------------------------------------------------------
 
 def runtime_figure(frame: pd.DataFrame, benign=BENIGN):
-    """Seconds per purification (mean ± std, log x) against mean ASR after, one point per defense."""
-    stats = tables.runtime_effect(frame, benign)
-    groups = list(stats.groupby(tables.GROUP, sort=False))
+    """Seconds per purification (mean ± std, log x) against mean ASR after (95% stratified interval),
+    one point per defense."""
+    effect = tables.runtime_effect(frame, benign)
+    groups = list(effect.groupby(tables.GROUP, sort=False))
     with _style():
         cols = min(2, len(groups))
         rows = -(-len(groups) // cols)
@@ -172,8 +185,9 @@ def runtime_figure(frame: pd.DataFrame, benign=BENIGN):
             for row in part.itertuples(index=False):
                 err = 0 if np.isnan(row.runtime_std) else row.runtime_std
                 lower = min(err, row.runtime_s * 0.95)  # log axis: keep the bar above 0
-                ax.errorbar(row.runtime_s, row.asr, xerr=[[lower], [err]], fmt="o", color=colors[row.defense],
-                            ms=4, capsize=2, elinewidth=0.7, mec="black", mew=0.4)
+                yerr = None if np.isnan(row.asr_lo) else [[row.asr - row.asr_lo], [row.asr_hi - row.asr]]
+                ax.errorbar(row.runtime_s, row.asr, xerr=[[lower], [err]], yerr=yerr, fmt="o",
+                            color=colors[row.defense], ms=4, capsize=2, elinewidth=0.7, mec="black", mew=0.4)
             if not none.empty:
                 ax.axhline(none["asr"].iloc[0], color="0.4", ls="--", lw=0.7)
                 ax.text(0.99, none["asr"].iloc[0], "undefended", transform=ax.get_yaxis_transform(),
@@ -183,10 +197,11 @@ def runtime_figure(frame: pd.DataFrame, benign=BENIGN):
             lo, hi = part["runtime_s"].min(), part["runtime_s"].max()
             ax.set_xlim(lo / 3, hi * 4)  # room for the labels
             ax.set_xlabel("purification wall time (s, log scale; mean ± std)")
-            ax.set_ylabel("ASR after purification (%)")
+            ax.set_ylabel("ASR after purification (%; mean, 95% interval)")
             attacks = part["attacks"].iloc[0] if len(part) else ""
-            ax.set_title(f"{_group_title(dataset, model, budget)}\nASR: mean over {attacks.replace(' ', ', ')}",
-                         fontsize=6.5)
+            runs = int(part["runs"].min()) if len(part) else 0
+            ax.set_title(f"{_group_title(dataset, model, budget)}\nASR: mean over {attacks.replace(' ', ', ')}"
+                         f" ({runs} runs in all)", fontsize=6.5)
             ax.grid(True, which="major", lw=0.3, alpha=0.5)
             labels.append((ax, part))
         fig.tight_layout()  # before the labels: they are placed in the final geometry
@@ -326,6 +341,103 @@ def smoothness_figure(frame: pd.DataFrame, methods, benign=BENIGN):
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="lower center", ncol=min(7, len(labels)), frameon=False,
                    bbox_to_anchor=(0.5, 1.0))
+        fig.tight_layout()
+    return fig
+
+
+# -- comparisons across attacks: aggregate, improvement over the control, ranks --------------------
+
+AGGREGATES = {"der": "DER ↑ (IQM)", "asr": "ASR ↓ (IQM, %)", "dacc": "ΔACC ↑ (IQM, points)"}
+
+
+def _empty(text: str):
+    fig, ax = plt.subplots(figsize=(SINGLE, 0.8))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=7)
+    return fig
+
+
+def aggregate_figure(frame: pd.DataFrame, benign=BENIGN):
+    """Per defense, the interquartile mean over runs × attacks of DER, ASR and ΔACC with its
+    stratified-bootstrap 95% interval; defenses sorted by DER."""
+    groups = _groups(frame)
+    with _style():
+        n_def = frame["defense"].nunique()
+        fig, axes = plt.subplots(len(groups), 3, figsize=(DOUBLE, (0.6 + 0.17 * n_def) * len(groups) + 0.3),
+                                 squeeze=False, sharey="row")
+        for g, ((dataset, model, budget), part) in enumerate(groups):
+            agg = stats.aggregate(part, benign).sort_values("der", ascending=True, kind="stable")
+            y = np.arange(len(agg))
+            for ax, (metric, label) in zip(axes[g], AGGREGATES.items()):
+                lo = (agg[metric] - agg[f"{metric}_lo"]).fillna(0).clip(lower=0)
+                hi = (agg[f"{metric}_hi"] - agg[metric]).fillna(0).clip(lower=0)
+                colors = ["0.45" if d == tables.UNDEFENDED else "C3" if d == stats.CONTROL else "C0"
+                          for d in agg["defense"]]
+                ax.errorbar(agg[metric], y, xerr=[lo, hi], fmt="none", ecolor="0.3", elinewidth=0.8, capsize=2)
+                ax.scatter(agg[metric], y, c=colors, s=14, zorder=3, edgecolors="black", linewidths=0.4)
+                ax.set_yticks(y, agg["defense"])
+                ax.set_xlabel(label)
+                ax.grid(True, axis="x", lw=0.3, alpha=0.5)
+            attacks = ", ".join(agg["attacks"].iloc[0].split()) if len(agg) else ""
+            runs = int(agg["runs"].min()) if len(agg) else 0
+            axes[g, 1].set_title(f"{_group_title(dataset, model, budget)}: interquartile mean over {runs} runs × "
+                                 f"attacks ({attacks})\nbars: stratified-bootstrap 95% intervals; grey: undefended, "
+                                 f"red: the control ({stats.CONTROL})", fontsize=6.5)
+        fig.tight_layout()
+    return fig
+
+
+def improvement_figure(frame: pd.DataFrame, benign=BENIGN):
+    """P(a defense's DER beats the control's on a paired run) with its stratified 95% interval."""
+    groups = _groups(frame)
+    tables_ = [(key, stats.improvement(part, benign=benign)) for key, part in groups]
+    tables_ = [(k, t) for k, t in tables_ if len(t)]
+    with _style():
+        if not tables_:
+            return _empty(f"No control ({stats.CONTROL}) in the study: no probability of improvement.")
+        n_def = max(len(t) for _, t in tables_)
+        fig, axes = plt.subplots(len(tables_), 1, figsize=(SINGLE + 0.6, (0.5 + 0.17 * n_def) * len(tables_) + 0.3),
+                                 squeeze=False)
+        for ax, ((dataset, model, budget), imp) in zip(axes[:, 0], tables_):
+            imp = imp.sort_values("p", kind="stable")
+            y = np.arange(len(imp))
+            lo = (imp["p"] - imp["p_lo"]).fillna(0).clip(lower=0)
+            hi = (imp["p_hi"] - imp["p"]).fillna(0).clip(lower=0)
+            colors = ["C2" if s and p > 0.5 else "C3" if s else "0.55" for s, p in zip(imp["supported"], imp["p"])]
+            ax.axvline(0.5, color="0.4", ls="--", lw=0.7)
+            ax.errorbar(imp["p"], y, xerr=[lo, hi], fmt="none", ecolor="0.3", elinewidth=0.8, capsize=2)
+            ax.scatter(imp["p"], y, c=colors, s=14, zorder=3, edgecolors="black", linewidths=0.4)
+            ax.set_yticks(y, imp["defense"])
+            ax.set_xlim(-0.02, 1.02)
+            ax.set_xlabel(f"P(DER beats {stats.CONTROL} on a paired run)")
+            ax.grid(True, axis="x", lw=0.3, alpha=0.5)
+            ax.set_title(f"{_group_title(dataset, model, budget)}: {int(imp['runs'].max())} paired runs × "
+                         f"{len(imp['attacks'].iloc[0].split())} attacks\ngreen/red: interval excludes ½; grey: "
+                         "not separable", loc="left", fontsize=6.5)
+        fig.tight_layout()
+    return fig
+
+
+def rank_figure(frame: pd.DataFrame, benign=BENIGN):
+    """Critical-difference diagram of the mean DER ranks (1 = best); a bar joins defenses whose
+    pairwise Wilcoxon test (Holm-corrected) does not separate them at 0.05."""
+    import scikit_posthocs as sp
+
+    groups = [(key, stats.ranking(part, benign=benign)) for key, part in _groups(frame)]
+    groups = [(k, r) for k, r in groups if r is not None]
+    with _style():
+        if not groups:
+            return _empty("Fewer than 3 defenses or 2 blocks: no ranking.")
+        fig, axes = plt.subplots(len(groups), 1, figsize=(DOUBLE, 1.9 * len(groups)), squeeze=False)
+        for ax, ((dataset, model, budget), rank) in zip(axes[:, 0], groups):
+            sig = rank.pairwise_p.fillna(1.0)
+            sp.critical_difference_diagram(rank.mean_ranks, sig, ax=ax, alpha=0.05,
+                                           label_props={"fontsize": 6.5},
+                                           crossbar_props={"color": "0.2", "linewidth": 1.5})
+            ax.set_title(f"{_group_title(dataset, model, budget)}: mean rank by DER over {rank.blocks} blocks "
+                         f"(attack × run), 1 = best; Friedman p = {rank.friedman_p:.2g}\nbars join defenses "
+                         "not separated by pairwise Wilcoxon signed-rank tests (Holm-corrected, 0.05)",
+                         loc="left", fontsize=6.5)
         fig.tight_layout()
     return fig
 

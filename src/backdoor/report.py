@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import plots, tables
+from . import plots, stats, tables
 from .io import write_text
 
 
@@ -21,11 +21,12 @@ def _paths(value) -> list[str]:
 def write(csv_path, outputs: dict, *, figures: dict, benign=("benign",), sweeps: dict | None = None,
           sweep_params: dict | None = None) -> None:
     """Write what ``outputs`` names: table, html, tex, headline, data_* (plot data) and the figures
-    heatmaps, runtime_asr, smoothness, sample_efficiency, tradeoff (each with ``<name>_vector``)."""
+    heatmaps, aggregate, improvement, ranks, runtime_asr, smoothness, sample_efficiency, tradeoff (each
+    with ``<name>_vector``)."""
     frame = pd.read_csv(csv_path)
     benign = tuple(benign)
     sweeps, sweep_params = sweeps or {}, sweep_params or {}
-    write_text(tables.markdown_report(frame), outputs["table"])
+    write_text(tables.markdown_report(frame, benign), outputs["table"])
     write_text(tables.html_report(frame), outputs["html"])
     tex = tables.latex_tables(frame)
     for path in _paths(outputs.get("tex", [])):
@@ -35,6 +36,9 @@ def write(csv_path, outputs: dict, *, figures: dict, benign=("benign",), sweeps:
         write_text(tex[name], path)
     write_text(json.dumps(tables.headline(frame, benign), indent=2, sort_keys=True) + "\n", outputs["headline"])
 
+    # The swept variants have their own figure; the main figures show each method once.
+    variants = {d for sweep in sweeps.values() for d in sweep["defenses"]} - set(sweeps)
+    main = frame[~frame["defense"].isin(variants)]
     se = figures["sample_efficiency"]
     se_attacks = [a for a in se["attacks"] if a in set(frame["attack"])]
     se_defenses = [d for d in se["defenses"] if d in set(frame["defense"])]
@@ -42,15 +46,18 @@ def write(csv_path, outputs: dict, *, figures: dict, benign=("benign",), sweeps:
     data = {"data_runtime_asr": lambda: tables.runtime_effect(frame, benign),
             "data_se_asr": lambda: tables.sample_efficiency_wide(frame, se["attacks"], se["defenses"], "asr"),
             "data_se_acc": lambda: tables.sample_efficiency_wide(frame, se["attacks"], se["defenses"], "acc"),
-            "data_tradeoff": lambda: points}
+            "data_tradeoff": lambda: points,
+            "data_aggregate": lambda: stats.per_group(main, lambda part: stats.aggregate(part, benign)),
+            "data_improvement": lambda: stats.per_group(main, lambda part: stats.improvement(part, benign=benign)),
+            "data_ranks": lambda: stats.per_group(main, lambda part: stats.rank_table(part, benign))}
     for key, make in data.items():
         if key in outputs:
             write_text(make().to_csv(index=False, float_format="%.4f"), outputs[key])
 
-    # The swept variants have their own figure; the main figures show each method once.
-    variants = {d for sweep in sweeps.values() for d in sweep["defenses"]} - set(sweeps)
-    main = frame[~frame["defense"].isin(variants)]
     makers = {"heatmaps": lambda: plots.heatmap_figure(main),
+              "aggregate": lambda: plots.aggregate_figure(main, benign),
+              "improvement": lambda: plots.improvement_figure(main, benign),
+              "ranks": lambda: plots.rank_figure(main, benign),
               "runtime_asr": lambda: plots.runtime_figure(main, benign),
               "smoothness": lambda: plots.smoothness_figure(frame, figures["smoothness"]["defenses"], benign),
               "sample_efficiency": lambda: plots.sample_efficiency_figure(frame, se_attacks, se_defenses),

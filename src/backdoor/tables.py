@@ -8,10 +8,13 @@ Percentages are in 0–100. Figures and tables read only this file (and the figu
 
 from __future__ import annotations
 
+import html
+
 from pathlib import Path
 
 import pandas as pd
 
+from . import stats
 from .io import read_json, read_record, write_json, write_text
 
 KEYS = ["dataset", "model", "attack", "defense", "clean_budget", "seed", "defense_seed"]
@@ -52,19 +55,18 @@ def write_metrics_json(frame: pd.DataFrame, out_path: str | Path) -> dict:
     return tree
 
 
-def _mean_std(series: pd.Series) -> str:
-    if len(series) > 1:
-        return f"{series.mean():.2f} ± {series.std(ddof=1):.2f}"
-    return f"{series.mean():.2f}"
+def _interval_text(series: pd.Series, decimals: int = 2) -> str:
+    iv = stats.interval(series)
+    return _cell(iv, decimals, "md", show_n=False)
 
 
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean (± std over training and defense seeds) per dataset, model, attack, defense and clean budget,
-    in study order; ``runs`` counts the (seed, defense_seed) pairs."""
+    """Mean [95% interval] per dataset, model, attack, defense and clean budget, in study order;
+    ``runs`` counts the (seed, defense_seed) pairs."""
     group = ["dataset", "model", "attack", "defense", "clean_budget"]
     out = frame.groupby(group, sort=False).agg(
-        ACC=("acc", _mean_std), ASR=("asr", _mean_std), RA=("ra", _mean_std), DER=("der", _mean_std),
-        seconds=("runtime_s", _mean_std), runs=("seed", "count")).reset_index()
+        ACC=("acc", _interval_text), ASR=("asr", _interval_text), RA=("ra", _interval_text),
+        DER=("der", _interval_text), seconds=("runtime_s", _interval_text), runs=("seed", "count")).reset_index()
     return out
 
 
@@ -93,61 +95,157 @@ def defense_order(part: pd.DataFrame) -> list[str]:
 
 
 def pivot(part: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Mean and std (NaN for one run) of ``metric`` per attack (rows) and defense (columns), study order."""
-    stats = part.groupby(["attack", "defense"], sort=False)[metric].agg(["mean", "std"])
+    """Mean and number of runs of ``metric`` per attack (rows) and defense (columns), study order."""
+    agg = part.groupby(["attack", "defense"], sort=False)[metric].agg(["mean", "count"])
     order = dict(index=part["attack"].unique(), columns=defense_order(part))
-    return (stats["mean"].unstack("defense").reindex(**order), stats["std"].unstack("defense").reindex(**order))
+    return (agg["mean"].unstack("defense").reindex(**order), agg["count"].unstack("defense").reindex(**order))
 
 
-def best_cells(means: pd.DataFrame, metric: str, decimals: int) -> pd.DataFrame:
-    """True where a defense is best in its row at the shown precision (ties all best); the
-    undefended model is the reference, never a candidate."""
-    shown = means.round(decimals).drop(columns=[UNDEFENDED], errors="ignore")
-    target = shown.max(axis=1) if HIGHER_IS_BETTER[metric] else shown.min(axis=1)
-    best = shown.eq(target, axis=0) & shown.notna()
-    return best.reindex(columns=means.columns, fill_value=False)
-
-
-def _cell(mean: float, std: float, decimals: int, fmt: str) -> str:
-    if pd.isna(mean):
-        return "—" if fmt == "md" else "--"
-    if pd.isna(std):
-        return f"{mean:.{decimals}f}"
-    sep = " ± " if fmt == "md" else r"{\scriptsize$\pm$"
-    return f"{mean:.{decimals}f}{sep}{std:.{decimals}f}" + ("" if fmt == "md" else "}")
+def _cell(iv: stats.Interval | None, decimals: int, fmt: str, show_n: bool = False) -> str:
+    """``mean [lo, hi]`` (``mean`` alone for one run), ``(n=k)`` appended when ``show_n``."""
+    if iv is None or iv.n == 0:
+        return "—" if fmt != "tex" else "--"
+    text = f"{iv.mean:.{decimals}f}"
+    if iv.has_interval:
+        bounds = f"{iv.lo:.{decimals}f}, {iv.hi:.{decimals}f}"
+        text += f" [{bounds}]" if fmt != "tex" else r"{\scriptsize\,[" + bounds + "]}"
+    if show_n:
+        text += f" (n={iv.n})" if fmt != "tex" else rf"{{\scriptsize\,$n{{=}}{iv.n}$}}"
+    return text
 
 
 def _groups(frame: pd.DataFrame):
     return frame.groupby(GROUP, sort=False)
 
 
-def per_metric(part: pd.DataFrame, decimals: int):
-    """(metric, label, means, stds, best) per metric of one group's runs, as every table shows them."""
+def run_count(part: pd.DataFrame) -> int | None:
+    """The number of runs behind every cell of ``part``, or None when cells differ."""
+    counts = part.groupby(["attack", "defense"], sort=False).size().unique()
+    return int(counts[0]) if len(counts) == 1 else None
+
+
+def per_metric(part: pd.DataFrame):
+    """(metric, label, attacks, defenses, intervals, marks) per metric of one group's runs."""
+    attacks, defenses = list(part["attack"].unique()), defense_order(part)
     for metric, label in METRICS.items():
-        means, stds = pivot(part, metric)
-        yield metric, label, means, stds, best_cells(means, metric, decimals)
+        yield (metric, label, attacks, defenses, stats.cell_intervals(part, metric), stats.row_marks(part, metric))
 
 
-def markdown_report(frame: pd.DataFrame) -> str:
+MARK = {"md": {"best": "**{}**", "tie": "*{}*"}, "html": {"best": "<b>{}</b>", "tie": "<i>{}</i>"},
+        "tex": {"best": r"\textbf{{{}}}", "tie": r"\textit{{{}}}"}}
+
+
+def marked_cells(part: pd.DataFrame, decimals: int, fmt: str):
+    """(label, rows) per metric: rows[attack][defense] is the cell's text with its mark."""
+    n = run_count(part)
+    for metric, label, attacks, defenses, cells, marks in per_metric(part):
+        rows = {}
+        for a in attacks:
+            rows[a] = {}
+            for d in defenses:
+                text = _cell(cells.get((a, d)), decimals, fmt, show_n=n is None)
+                if fmt == "html":
+                    text = html.escape(text)
+                mark = marks.get((a, d))
+                rows[a][d] = MARK[fmt][mark].format(text) if mark else text
+        yield metric, label, rows
+
+
+LEGEND = ("Each cell: mean over the runs [95% percentile-bootstrap interval]; a run = one training "
+          "seed (its own backdoored model and clean draw) × defense seed. **Bold**: the best defense "
+          "of the row, its paired difference to every other defense supported by a 95% interval; "
+          "*italic*: the best mean and the defenses it is not separable from (a tie). No mark with one "
+          "run per cell. The undefended model (none) is the reference, never marked.")
+
+
+def _runs_line(part: pd.DataFrame) -> str:
+    n = run_count(part)
+    seeds = ", ".join(map(str, sorted(part["seed"].unique())))
+    dseeds = ", ".join(map(str, sorted(part["defense_seed"].unique())))
+    count = f"n = {n} runs per cell" if n is not None else "runs per cell differ: (n=…) in each cell"
+    return f"{count} (training seeds {seeds}; defense seeds {dseeds})"
+
+
+def markdown_report(frame: pd.DataFrame, benign=("benign",)) -> str:
     parts = ["# Results\n",
              "ACC, ASR and RA in percent on the test set; DER = (max(0, ΔASR) − max(0, ΔACC) + 100) / 2 "
-             "against the undefended model; seconds = wall time of the defense itself. "
-             "Mean ± std over the runs (training seeds × defense seeds) where there are several. "
-             "**Bold**: the best defense of each row (highest ACC, RA, DER; lowest ASR); "
-             "— = left out by study.skip.\n"]
+             "against the undefended model. " + LEGEND + " — = not run (study.skip).\n"]
     for (dataset, model, budget), part in _groups(frame):
         parts.append(f"\n## {dataset} · {model} · clean budget {budget}\n")
-        for _, label, means, stds, best in per_metric(part, 2):
-            cells = pd.DataFrame({d: [("**{}**" if best.at[a, d] else "{}").format(
-                _cell(means.at[a, d], stds.at[a, d], 2, "md")) for a in means.index] for d in means.columns},
-                index=means.index)
+        parts.append(_runs_line(part) + ".\n")
+        for _, label, rows in marked_cells(part, 2, "md"):
+            table = pd.DataFrame(rows).T.rename_axis("attack").reset_index()
             parts.append(f"\n{label} (%) per attack (rows) and defense (columns):\n")
-            parts.append(_markdown(cells.rename_axis("attack").reset_index()))
-        parts.append("\n\nEvery run, mean ± std over seeds:\n")
+            parts.append(_markdown(table))
+        parts.append(across_attacks_markdown(part, benign))
+        parts.append(spread_markdown(part))
+        parts.append("\n\nEvery cell, mean [95% interval] over its runs; seconds = wall time of the defense:\n")
         summ = summary(part)
         parts.append(_markdown(summ[["attack", "defense", "ACC", "ASR", "RA", "DER", "seconds", "runs"]]))
         parts.append("")
     return "\n".join(parts) + "\n"
+
+
+def _iv_text(value, lo, hi, decimals=1) -> str:
+    if pd.isna(value):
+        return "—"
+    if pd.isna(lo) or pd.isna(hi):
+        return f"{value:.{decimals}f}"
+    return f"{value:.{decimals}f} [{lo:.{decimals}f}, {hi:.{decimals}f}]"
+
+
+def across_attacks_markdown(part: pd.DataFrame, benign=("benign",)) -> str:
+    """The aggregate (IQM), probability of improvement over FT and rank sections of one group."""
+    agg = stats.aggregate(part, benign)
+    out = ["\n\n### Across attacks\n",
+           f"Interquartile mean over runs × attacks ({', '.join(agg['attacks'].iloc[0].split()) if len(agg) else '—'}) "
+           "with a stratified-bootstrap 95% interval (runs resampled within each attack). DER ↑, ASR ↓, "
+           "ΔACC = ACC change against the backdoored model (points) ↑.\n"]
+    table = pd.DataFrame({"defense": agg["defense"],
+                          "DER": [_iv_text(r.der, r.der_lo, r.der_hi) for r in agg.itertuples()],
+                          "ASR": [_iv_text(r.asr, r.asr_lo, r.asr_hi) for r in agg.itertuples()],
+                          "ΔACC": [_iv_text(r.dacc, r.dacc_lo, r.dacc_hi) for r in agg.itertuples()],
+                          "runs per attack": agg["runs"]})
+    out.append(_markdown(table))
+    imp = stats.improvement(part, benign=benign)
+    if len(imp):
+        out.append(f"\n\nProbability that a defense's DER beats {stats.CONTROL}'s on a paired run (same model, "
+                   "same clean draw), over attacks, with a stratified 95% interval; *supported* when the "
+                   "interval excludes ½:\n")
+        out.append(_markdown(pd.DataFrame({
+            "defense": imp["defense"], f"P(beats {stats.CONTROL})": [_iv_text(r.p, r.p_lo, r.p_hi, 2) for r in imp.itertuples()],
+            "supported": ["yes, better" if r.supported and r.p > 0.5 else "yes, worse" if r.supported
+                          else "not separable" for r in imp.itertuples()],
+            "paired runs": [r.runs * len(r.attacks.split()) for r in imp.itertuples()]})))
+    rank = stats.ranking(part, benign=benign)
+    if rank is not None:
+        order = rank.mean_ranks.sort_values()
+        out.append(f"\n\nMean rank by DER (1 = best) over {rank.blocks} blocks (attack × run); Friedman "
+                   f"p = {rank.friedman_p:.2g}. Pairwise Wilcoxon signed-rank tests, Holm-corrected: a pair "
+                   "with p ≥ 0.05 is not separable (`results/figures/ranks.*`).\n")
+        not_sep = [" ".join(o for o in order.index if o != d and not rank.pairwise_p.at[d, o] < 0.05) or "—"
+                   for d in order.index]
+        out.append(_markdown(pd.DataFrame({"defense": order.index, "mean rank": [f"{v:.2f}" for v in order],
+                                           "not separable from": not_sep})))
+    return "\n".join(out)
+
+
+def spread_markdown(part: pd.DataFrame) -> str:
+    """Where a cell's spread comes from, when the group has ≥ 2 training seeds × ≥ 2 defense seeds."""
+    comp = stats.variance_components(part, "asr")
+    if comp.empty:
+        return ""
+    return "\n".join([
+        "\n\n### Where the spread comes from\n",
+        "ASR standard deviation between training seeds (a new backdoored model) and between defense "
+        "seeds (a new clean draw and random stream on the same model), from a one-way random-effects "
+        "ANOVA per cell (method of moments); share = the training seed's part of the variance.\n",
+        _markdown(pd.DataFrame({
+            "attack": comp["attack"], "defense": comp["defense"], "models × defense seeds":
+            [f"{m} × {k}" for m, k in zip(comp["models"], comp["defense_seeds"])],
+            "sd training seed": [f"{v:.1f}" for v in comp["sd_training"]],
+            "sd defense seed": [f"{v:.1f}" for v in comp["sd_defense"]],
+            "share training": [f"{v:.2f}" if v == v else "—" for v in comp["share_training"]]}))])
 
 
 def _tex(text: str) -> str:
@@ -156,20 +254,16 @@ def _tex(text: str) -> str:
 
 def latex_table(part: pd.DataFrame, caption: str, label: str) -> str:
     """One booktabs table: a panel per metric (ACC, ASR, RA, DER), one row per attack, a column per
-    defense, best of each row in bold. Needs \\usepackage{booktabs,graphicx}."""
+    defense, mean and [95% interval]; best in bold, ties in italics. Needs \\usepackage{booktabs,graphicx}."""
     defenses = defense_order(part)
     lines = [r"\begin{table*}[t]", r"\centering", r"\caption{" + _tex(caption) + "}", r"\label{" + label + "}",
              r"\resizebox{\textwidth}{!}{%", r"\begin{tabular}{l" + "c" * len(defenses) + "}", r"\toprule",
              "attack & " + " & ".join(_tex(d) for d in defenses) + r" \\"]
-    for metric, label_m, means, stds, best in per_metric(part, 1):
+    for metric, label_m, rows in marked_cells(part, 1, "tex"):
         arrow = r"$\uparrow$" if HIGHER_IS_BETTER[metric] else r"$\downarrow$"
         lines += [r"\midrule", rf"\multicolumn{{{len(defenses) + 1}}}{{l}}{{\textit{{{label_m} (\%) {arrow}}}}} \\"]
-        for attack in means.index:
-            cells = []
-            for d in defenses:
-                cell = _cell(means.at[attack, d], stds.at[attack, d], 1, "tex")
-                cells.append(r"\textbf{" + cell + "}" if best.at[attack, d] else cell)
-            lines.append(_tex(attack) + " & " + " & ".join(cells) + r" \\")
+        for attack, cells in rows.items():
+            lines.append(_tex(attack) + " & " + " & ".join(cells[d] for d in defenses) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table*}", ""]
     return "\n".join(lines)
 
@@ -178,12 +272,9 @@ def latex_tables(frame: pd.DataFrame) -> dict[str, str]:
     """``{group_name: table}`` for every (dataset, model, clean budget) of the study."""
     out = {}
     for (dataset, model, budget), part in _groups(frame):
-        runs = part.groupby(["seed", "defense_seed"]).ngroups
-        seeds = ", ".join(map(str, part["seed"].unique()))
-        dseeds = ", ".join(map(str, part["defense_seed"].unique()))
-        caption = (f"{dataset}, {model}, clean budget {budget}: mean $\\pm$ std over {runs} run(s) "
-                   f"(training seeds {seeds}; defense seeds {dseeds}). Bold: best defense of the row; "
-                   f"-- = not run (study.skip).")
+        caption = (f"{dataset}, {model}, clean budget {budget}: mean [95\\% bootstrap interval] over runs; "
+                   f"{_runs_line(part)}. Bold: best defense of the row, separated from every other by "
+                   f"paired 95\\% intervals; italic: a tie; -- = not run (study.skip).")
         name = group_name(dataset, model, budget)
         out[name] = latex_table(part, caption, f"tab:{name}")
     return out
@@ -202,16 +293,17 @@ def common_attacks(part: pd.DataFrame, benign=("benign",)) -> list[str]:
 
 def runtime_effect(frame: pd.DataFrame, benign=("benign",)) -> pd.DataFrame:
     """Per group and defense: seconds per purification (mean, std over runs) and mean ACC / ASR after,
-    over the backdoor attacks every defense ran; ``attacks`` names them."""
+    over the backdoor attacks every defense ran (``attacks``); ASR with its stratified 95% interval."""
     rows = []
     for (dataset, model, budget), part in _groups(frame):
         attacks = common_attacks(part, benign)
         sub = part[part["attack"].isin(attacks)]
         for defense, runs in sub.groupby("defense", sort=False):
+            asr = stats.stratified(stats.score_matrix(sub, defense, "asr", attacks), stats.mean_all)
             rows.append(dict(dataset=dataset, model=model, clean_budget=budget, defense=defense,
                              runtime_s=runs["runtime_s"].mean(), runtime_std=runs["runtime_s"].std(ddof=1),
-                             asr=runs["asr"].mean(), acc=runs["acc"].mean(), der=runs["der"].mean(),
-                             runs=len(runs), attacks=" ".join(attacks)))
+                             asr=runs["asr"].mean(), asr_lo=asr.lo, asr_hi=asr.hi, acc=runs["acc"].mean(),
+                             der=runs["der"].mean(), runs=len(runs), attacks=" ".join(attacks)))
     return pd.DataFrame(rows)
 
 
@@ -271,23 +363,18 @@ def tradeoff(frame: pd.DataFrame, sweeps: dict, defense_params: dict) -> pd.Data
 
 def html_report(frame: pd.DataFrame) -> str:
     """The per-metric tables of ``markdown_report`` as one HTML page (for the Snakemake report)."""
-    import html
-
     parts = ["<html><head><meta charset='utf-8'><style>body{font-family:sans-serif;font-size:13px}"
              "table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:2px 6px;"
              "text-align:right}th{background:#eee}td:first-child{text-align:left}</style></head><body>",
-             "<p>ACC, ASR, RA and DER in percent; mean ± std over runs; <b>bold</b>: best defense of the row "
-             "(highest ACC, RA, DER; lowest ASR; the undefended model is not a candidate); — = not run "
-             "(study.skip).</p>"]
+             "<p>ACC, ASR, RA and DER in percent. " + html.escape(LEGEND).replace("**Bold**", "<b>Bold</b>")
+             .replace("*italic*", "<i>italic</i>") + " — = not run (study.skip).</p>"]
     for (dataset, model, budget), part in _groups(frame):
         parts.append(f"<h2>{html.escape(f'{dataset} · {model} · clean budget {budget}')}</h2>")
-        for _, label, means, stds, best in per_metric(part, 2):
-            rows = ["<tr><th>attack</th>" + "".join(f"<th>{html.escape(str(d))}</th>" for d in means.columns) + "</tr>"]
-            for a in means.index:
-                cells = []
-                for d in means.columns:
-                    text = html.escape(_cell(means.at[a, d], stds.at[a, d], 2, "md"))
-                    cells.append(f"<td><b>{text}</b></td>" if best.at[a, d] else f"<td>{text}</td>")
-                rows.append(f"<tr><td>{html.escape(str(a))}</td>" + "".join(cells) + "</tr>")
-            parts.append(f"<h3>{label} (%)</h3><table>" + "".join(rows) + "</table>")
+        parts.append(f"<p>{html.escape(_runs_line(part))}</p>")
+        for _, label, rows in marked_cells(part, 2, "html"):
+            defenses = next(iter(rows.values())).keys() if rows else []
+            head = "<tr><th>attack</th>" + "".join(f"<th>{html.escape(str(d))}</th>" for d in defenses) + "</tr>"
+            body = [f"<tr><td>{html.escape(str(a))}</td>" + "".join(f"<td>{c}</td>" for c in cells.values()) + "</tr>"
+                    for a, cells in rows.items()]
+            parts.append(f"<h3>{label} (%)</h3><table>" + head + "".join(body) + "</table>")
     return "\n".join(parts + ["</body></html>"]) + "\n"

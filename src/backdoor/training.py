@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .augment import augment, to_float
-from .device import to_device
+from .device import memory_format, to_device
 from .data.tensors import TensorSet
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -129,7 +129,8 @@ def fit(model: nn.Module, data: TensorSet, cfg: FitConfig, *, gen: torch.Generat
     minimisation, which needs two forward/backward passes per step).
     """
     device = torch.device(device)
-    model.to(device, memory_format=torch.channels_last).train()  # NHWC: ≈ 1.4× faster convs on CPU
+    fmt = memory_format(model)  # NHWC where safe: ≈ 1.4× faster convs on CPU
+    model.to(device, memory_format=fmt).train()
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     if not params:
         raise ValueError(f"{desc}: nothing to train (no parameter requires grad)")
@@ -143,8 +144,7 @@ def fit(model: nn.Module, data: TensorSet, cfg: FitConfig, *, gen: torch.Generat
     bar = tqdm(total=total, desc=desc, unit="step", mininterval=2.0, leave=False)
     for step, idx in enumerate(_batches(len(data), cfg, gen)):
         idx = idx.to(device)
-        x = augment(to_float(x_all[idx]), cfg.crop_pad, cfg.flip, aug_gen).contiguous(
-            memory_format=torch.channels_last)
+        x = augment(to_float(x_all[idx]), cfg.crop_pad, cfg.flip, aug_gen).contiguous(memory_format=fmt)
         optimizer.zero_grad(set_to_none=True)
         loss = (grad_fn or backward)(model, x, y_all[idx], step, loss_fn)
         optimizer.step()

@@ -67,7 +67,19 @@ if len(STUDY["clean_budgets"]) > 1 and SE_COLUMNS:
     REPORT_FIGURES.update(_figure("sample_efficiency", "sample_efficiency"))
 if any(len(s["defenses"]) > 1 for s in SWEEPS.values()):
     REPORT_FIGURES.update(_figure("tradeoff", "tradeoff"))
-PLOT_DATA = {"data_runtime_asr": "results/plots/runtime_asr.csv"}
+REPORT_FIGURES.update(
+    {
+        **_figure("aggregate", "aggregate"),
+        **_figure("improvement", "improvement"),
+        **_figure("ranks", "ranks"),
+    }
+)
+PLOT_DATA = {
+    "data_runtime_asr": "results/plots/runtime_asr.csv",
+    "data_aggregate": "results/plots/aggregate.csv",
+    "data_improvement": "results/plots/improvement.csv",
+    "data_ranks": "results/plots/ranks.csv",
+}
 if SE_COLUMNS:
     PLOT_DATA.update(
         data_se_asr="results/plots/sample_efficiency_asr.csv",

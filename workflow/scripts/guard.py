@@ -5,7 +5,8 @@ Snakemake DAG generates (so DVC and Snakemake run the same jobs). Nothing is cha
 
 DVC's `validate` stage runs it (every other stage depends on its marker, so `dvc repro` and
 `dvc exp run` stop here before deleting any output); run_all.sh, after_dvc.sh and `make` targets
-run it first. ``--free`` also fails when another runner holds the workspace.
+run it first. ``--free`` also fails when another runner holds the workspace, and clears the lock a
+Snakemake run killed with -9 left behind when none of its processes is alive (else names them).
 """
 
 from __future__ import annotations
@@ -57,6 +58,53 @@ def check_free(root: Path) -> None:
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def _is_snakemake(argv: list[str]) -> bool:
+    """A Snakemake runner's command line (``snakemake …``, ``python …/snakemake …``, ``python -m snakemake``)."""
+    head = argv[:3]
+    return any(Path(a).name == "snakemake" for a in head) or "-m snakemake" in " ".join(head)
+
+
+def workspace_processes(root: Path) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """(Snakemake runners, jobs of a Snakemake run) whose working directory is ``root``: pid and
+    command line, read from /proc (Linux; empty elsewhere)."""
+    runners, jobs = [], []
+    me = os.getpid()
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if int(entry.name) == me or Path(os.readlink(entry / "cwd")) != root:
+                continue
+            argv = [a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
+        except OSError:
+            continue
+        if _is_snakemake(argv):
+            runners.append((int(entry.name), " ".join(argv)[:120]))
+        elif any("/.snakemake/scripts/" in a for a in argv):
+            jobs.append((int(entry.name), " ".join(argv)[:120]))
+    return runners, jobs
+
+
+def clear_stale_lock(root: Path) -> None:
+    """Snakemake's lock (.snakemake/locks) outlives a runner killed with -9 (power loss, OOM killer, a
+    closed terminal), and the next run would stop with a LockException. When no runner and none of
+    its jobs is alive here, the lock is stale: remove it and say so. Otherwise refuse, naming them."""
+    locks = root / ".snakemake" / "locks"
+    if not locks.is_dir() or not any(locks.iterdir()):
+        return
+    runners, jobs = workspace_processes(root)
+    if runners:
+        pid, cmd = runners[0]
+        sys.exit(f"another Snakemake run is working in this workspace (pid {pid}: {cmd}). Nothing was changed; "
+                 "rerun when it has finished.")
+    if jobs:
+        pid, cmd = jobs[0]
+        sys.exit(f"a job of an earlier, killed Snakemake run is still running here (pid {pid}: {cmd}). Nothing "
+                 f"was changed; wait for it to end (or `kill {pid}`), then rerun.")
+    for lock in locks.iterdir():
+        lock.unlink()
+    print("guard: the Snakemake run that locked this workspace is gone (killed?); cleared its stale lock "
+          "(.snakemake/locks) and resuming", file=sys.stderr)
+
+
 def write_marker(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -67,10 +115,12 @@ def write_marker(path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--marker", help="write this file when every check passes")
-    ap.add_argument("--free", action="store_true", help="also fail when another runner holds the workspace")
+    ap.add_argument("--free", action="store_true", help="also fail when another runner holds the workspace "
+                    "(and clear a killed Snakemake run's stale lock)")
     args = ap.parse_args()
     if args.free:
         check_free(ROOT)
+        clear_stale_lock(ROOT)
     check_params(ROOT)
     check_dvc_yaml(ROOT)
     if args.marker:

@@ -48,6 +48,7 @@ from ..augment import to_float
 from ..metrics import accuracy
 from ..schema.defenses import FinePruning
 from ..training import fit
+from ..device import memory_format
 from .base import fit_config, split_validation
 from .channels import ChannelMask, largest_passing, trace, zero_channels
 
@@ -61,7 +62,7 @@ def mean_activations(model, conv, bn, images: torch.Tensor, batch: int, device) 
     model.eval()
     try:
         for i in range(0, len(images), batch):
-            model(to_float(images[i:i + batch].to(device)).contiguous(memory_format=torch.channels_last))
+            model(to_float(images[i:i + batch].to(device)).contiguous(memory_format=memory_format(model)))
     finally:
         handle.remove()
         model.train(was_training)
@@ -70,7 +71,7 @@ def mean_activations(model, conv, bn, images: torch.Tensor, batch: int, device) 
 
 def purify(model, clean, params, gen, device):
     cfg = FinePruning.of(params)
-    model.to(device, memory_format=torch.channels_last)
+    model.to(device, memory_format=memory_format(model))
     train_part, val_part = split_validation(clean, cfg.val_fraction, gen)
     modules = dict(model.named_modules())
     probe = to_float(train_part.x[:2].to(device))

@@ -60,6 +60,7 @@ from torch import nn
 from ..augment import augment, to_float
 from ..schema.defenses import IBAU
 from ..training import fit
+from ..device import memory_format
 from .base import fit_config
 
 def _project(delta: torch.Tensor, r: float) -> torch.Tensor:
@@ -97,7 +98,8 @@ def purify(model, clean, params, gen, device):
     p = IBAU.of(params)
     start = time.perf_counter()
     device = torch.device(device)
-    model.to(device, memory_format=torch.channels_last)
+    fmt = memory_format(model)
+    model.to(device, memory_format=fmt)
     x_all, y_all = clean.x.to(device), clean.y.to(device)
     aug_gen = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
     theta = [q for q in model.parameters() if q.requires_grad]
@@ -108,7 +110,7 @@ def purify(model, clean, params, gen, device):
     def batch():  # for the inner maximisation; the outer batches come from fit
         idx = torch.randint(0, len(clean), (int(p.batch_size),), generator=gen).to(device)
         x = augment(to_float(x_all[idx]), int(p.crop_pad), bool(p.flip), aug_gen)
-        return x.contiguous(memory_format=torch.channels_last), y_all[idx]
+        return x.contiguous(memory_format=fmt), y_all[idx]
 
     rounds: list[dict] = []
     state = {"delta": None}

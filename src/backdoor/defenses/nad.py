@@ -44,6 +44,7 @@ from torch import nn
 from ..augment import to_float
 from ..schema.defenses import NAD
 from ..training import fit
+from ..device import memory_format
 from .base import fit_config
 from .channels import trace
 
@@ -91,7 +92,7 @@ class _Features:
 
 def purify(model, clean, params, gen, device):
     cfg = NAD.of(params)
-    model.to(device, memory_format=torch.channels_last)
+    model.to(device, memory_format=memory_format(model))
     if cfg.layers == "auto":
         layers = stage_outputs(model, to_float(clean.x[:2].to(device)), int(cfg.n_layers))
     else:
