@@ -33,7 +33,7 @@ def test_download_reports_and_poisons_depend_on_their_own_code():
     assert download == {"workflow/scripts/download.py", "__init__.py", "steps.py", "io.py", "data/__init__.py",
                         "data/registry.py", "data/download.py", "joblog.py"}
     assert files("report", {}) == {"workflow/scripts/report.py", "__init__.py", "io.py", "plots.py", "tables.py",
-                                   "report.py", "joblog.py"}
+                                   "stats.py", "report.py", "joblog.py"}
     assert "plots.py" not in files("aggregate", {})
     benign = files("poison", {"attack": {"type": "benign", "probe": "badnets"}})
     assert {"attacks/benign.py", "attacks/badnets.py"} <= benign  # the probe's trigger is used

@@ -42,7 +42,8 @@ RESULT_COLUMNS = ["dataset", "model", "attack", "defense", "clean_budget", "seed
 
 def tiny(params: dict) -> dict:
     params["splits"].update(clean_pool=100, train_limit=700, test_limit=300)
-    params["study"].update(attacks=["benign", "badnets"], defenses=["none", "ft"], clean_budgets=[50], skip=[])
+    params["study"].update(attacks=["benign", "badnets"], defenses=["none", "ft"], clean_budgets=[50], seeds=[0],
+                           skip=[])
     params["train"]["epochs"] = 1
     params["defenses"]["ft"]["iterations"] = 5
     params["device"] = "cpu"

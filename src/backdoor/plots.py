@@ -91,7 +91,7 @@ def heatmap_figure(frame: pd.DataFrame):
     defense: the mean over runs and, below it, its 95% bootstrap interval."""
     groups = _groups(frame)
     n_att, n_def = frame["attack"].nunique(), frame["defense"].nunique()
-    panel_h = 0.55 + 0.3 * n_att
+    panel_h = 0.65 + 0.3 * n_att
     width = DOUBLE if n_def <= 16 else DOUBLE * n_def / 16
     with _style():
         fig, axes = plt.subplots(2 * len(groups), 1, figsize=(width, (2 * panel_h + 0.5) * len(groups)),
@@ -107,14 +107,14 @@ def heatmap_figure(frame: pd.DataFrame):
             img = _heatmap(ax, drop, "RdBu", TwoSlopeNorm(0, -limit, limit), "+.1f", lambda v: abs(v) > 0.6 * limit,
                            stats.cell_intervals(part, "dacc"))
             fig.colorbar(img, ax=ax, fraction=0.03, pad=0.01, aspect=8).set_label("ΔACC (points)")
-            ax.set_title(f"ACC change against the undefended model (points), {runs} — "
-                         f"{_group_title(dataset, model, budget)}", loc="left")
+            ax.set_title(f"ACC change against the undefended model (points) — {_group_title(dataset, model, budget)}"
+                         f"\n{runs}", loc="left")
             ax.set_xticklabels([])
             ax = axes[2 * g + 1, 0]
             img = _heatmap(ax, asr, "Reds", plt.Normalize(0, 100), ".1f", lambda v: v > 60,
                            stats.cell_intervals(part, "asr"))
             fig.colorbar(img, ax=ax, fraction=0.03, pad=0.01, aspect=8).set_label("ASR (%)")
-            ax.set_title(f"attack success rate after purification, ASR (%), {runs}", loc="left")
+            ax.set_title(f"attack success rate after purification, ASR (%); {runs}", loc="left")
             ax.set_xlabel("defense")
             for a in (axes[2 * g, 0], axes[2 * g + 1, 0]):
                 a.set_ylabel("attack")
