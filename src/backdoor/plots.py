@@ -197,7 +197,7 @@ def runtime_figure(frame: pd.DataFrame, benign=BENIGN):
             lo, hi = part["runtime_s"].min(), part["runtime_s"].max()
             ax.set_xlim(lo / 3, hi * 4)  # room for the labels
             ax.set_xlabel("purification wall time (s, log scale; mean ± std)")
-            ax.set_ylabel("ASR after purification (%; mean, 95% interval)")
+            ax.set_ylabel("ASR after purification (%), mean and 95% interval")
             attacks = part["attacks"].iloc[0] if len(part) else ""
             runs = int(part["runs"].min()) if len(part) else 0
             ax.set_title(f"{_group_title(dataset, model, budget)}\nASR: mean over {attacks.replace(' ', ', ')}"
