@@ -41,17 +41,19 @@ def project_copy(tmp_path):
     return dest
 
 
+# oneDNN (mkldnn) is off in the whole test process (module-scoped fixtures included): its CPU
+# convolutions corrupt the heap for the width-4 test models on some CPUs (an AMD EPYC Zen 2: an abort
+# in FMP's fine-tuning of a width-4 PreAct-ResNet; torch 2.14.1). The study's models are wider
+# (src/backdoor/device.py: memory_format); the end-to-end tests' jobs run in their own processes.
+torch.backends.mkldnn.enabled = False
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
-    """Tests use tiny models: one thread is fastest, and avoids stalls on a busy machine. oneDNN
-    (mkldnn) is off in the test process: its CPU convolutions corrupt the heap for the width-4 test
-    models on some CPUs (an AMD EPYC Zen 2: an abort in FMP's fine-tuning of a width-4 PreAct-ResNet;
-    torch 2.14.1), and the native kernels give the same results here. The study's models are wider
-    (src/backdoor/device.py: memory_format)."""
+    """Tests use tiny models: one thread is fastest, and avoids stalls on a busy machine."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    with torch.backends.mkldnn.flags(enabled=False):
-        yield
+    yield
     torch.set_num_threads(threads)
 
 

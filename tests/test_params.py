@@ -163,7 +163,7 @@ def test_step_values_are_plain_and_complete():
 
 def test_skip_removes_exactly_the_named_cells():
     config = copy.deepcopy(SHIPPED)
-    config["study"].update(attacks=["badnets", "sig"], defenses=["none", "ft", "fp"],
+    config["study"].update(attacks=["badnets", "sig"], defenses=["none", "ft", "fp"], seeds=[0],
                            skip=[{"attacks": ["sig"], "defenses": ["ft", "fp"]}])
     cells = {(r["attack"], r["defense"]) for r in P.study_runs(config)}
     assert cells == {("badnets", "none"), ("badnets", "ft"), ("badnets", "fp"), ("sig", "none")}
@@ -188,9 +188,10 @@ def test_skip_with_an_undefined_id_is_named():
 
 
 def test_surrogate_must_be_a_defined_model_trained_without_a_crafted_trigger():
-    msg = problems(lambda c: c["surrogate"].update(model="resnet"))
+    crafted = {"attacks": ["badnets", "trojan"]}  # the surrogate is checked when an attack is crafted
+    msg = problems(lambda c: (c["study"].update(crafted), c["surrogate"].update(model="resnet")))
     assert "surrogate.model" in msg and "'resnet'" in msg
-    msg = problems(lambda c: c["surrogate"].update(attack="lc"))
+    msg = problems(lambda c: (c["study"].update(crafted), c["surrogate"].update(attack="lc")))
     assert "surrogate.attack" in msg and "crafted" in msg
 
 

@@ -27,8 +27,8 @@ def test_dvc_yaml_is_generated_templated_and_short(jobs):
     committed = (ROOT / "dvc.yaml").read_text()
     assert generated == committed, "dvc.yaml is stale: run `make dvc.yaml` and commit it"
     stages = yaml.safe_load(committed)["stages"]
-    rules = {"download", "prepare", "craft", "poison", "train", "purify", "smoothness", "features", "tsne",
-             "aggregate", "report"}
+    rules = {"download", "prepare", "poison", "train", "purify", "features", "tsne", "aggregate", "report"}
+    # (the default has no crafted attack and no smoothness analysis: no craft or smoothness stages)
     assert set(stages) == rules | {snake2dvc.GUARD}  # one template per rule, plus the guard
     assert all("foreach" in stages[r] for r in rules - {"aggregate", "report"})
     assert len(committed.splitlines()) <= 500
@@ -147,7 +147,7 @@ def test_torch_jobs_claim_a_gpu_where_the_study_uses_one(device, gpu):
         if rule:
             claims.setdefault(rule, set()).add(next((r.split("=")[1] for r in resources.split(", ")
                                                      if r.startswith("gpu=")), None))
-    for rule in ("train", "craft", "purify", "smoothness", "features"):
+    for rule in ("train", "purify", "features"):  # craft and smoothness share their TORCH_RESOURCES
         assert claims[rule] == {gpu}, (rule, claims[rule])
     for rule in ("download", "prepare", "poison", "aggregate", "report", "tsne"):
         assert claims[rule] == {None}, (rule, claims[rule])
