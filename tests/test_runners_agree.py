@@ -107,7 +107,7 @@ def test_editing_a_defense_reruns_the_purify_jobs_that_import_it_under_both_runn
         restore()
     assert status.returncode == 1 and status.stdout.splitlines() == [  # one line per changed template
         "validate: 1 of 1 entry changed: deps modified src/backdoor",
-        "purify: 16 of 77 entries changed: deps modified src/backdoor/defenses/fip.py"]
+        "purify: 24 of 108 entries changed: deps modified src/backdoor/defenses/fip.py"]
     purify = {s for s in with_downstream if s.startswith("purify@")}
     assert changed == purify and purify and all("-fip-" in s or "-fast_fip-" in s for s in purify)
     assert len(purify) == 2 * 8  # fip and fast_fip (which imports fip) on the eight attacks
@@ -121,13 +121,13 @@ def test_editing_a_defense_no_other_imports_reruns_only_its_jobs(workspace):
         snakemake, changed, with_downstream = wanted(workspace)
     finally:
         restore()
-    assert changed == {s for s in with_downstream if s.startswith("purify@") and "-nft-" in s} and len(changed) == 8
+    assert changed == {s for s in with_downstream if s.startswith("purify@") and "-nft-" in s} and len(changed) == 12
     analyses = per_run_analyses(changed, with_downstream)
-    assert {s.split("@")[0] for s in analyses} == {"smoothness", "features"}  # nft is a t-SNE method by default
+    assert {s.split("@")[0] for s in analyses} == {"features"}  # nft is a t-SNE method; smoothness is off by default
     assert snakemake == with_downstream == changed | analyses | {"aggregate", "report"} | tsne_of(analyses)
 
 
-@pytest.mark.parametrize("module", ["src/backdoor/training.py", "src/backdoor/attacks/trojan.py",
+@pytest.mark.parametrize("module", ["src/backdoor/training.py", "src/backdoor/attacks/wanet.py",
                                     "src/backdoor/data/prepare.py"])
 def test_both_runners_want_the_same_jobs_after_any_library_edit(workspace, module):
     restore = edited(workspace, module, "\n# an edit\n")
