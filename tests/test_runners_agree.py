@@ -110,7 +110,7 @@ def test_editing_a_defense_reruns_the_purify_jobs_that_import_it_under_both_runn
         "purify: 24 of 108 entries changed: deps modified src/backdoor/defenses/fip.py"]
     purify = {s for s in with_downstream if s.startswith("purify@")}
     assert changed == purify and purify and all("-fip-" in s or "-fast_fip-" in s for s in purify)
-    assert len(purify) == 2 * 8  # fip and fast_fip (which imports fip) on the eight attacks
+    assert len(purify) == 2 * 4 * 3  # fip and fast_fip (which imports fip) on four attacks × three seeds
     analyses = per_run_analyses(purify, with_downstream)
     assert snakemake == with_downstream == purify | analyses | tsne_of(analyses) | {"aggregate", "report"}
 
