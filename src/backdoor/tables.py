@@ -22,10 +22,10 @@ COLUMNS = KEYS + ["acc", "asr", "ra", "der", "runtime_s", "n_clean", "acc_before
                   "ra_before", "defense_type", "step_s", "device", "precision", "threads", "lambda_max", "trace_h",
                   "trace_h_se"]
 SMOOTHNESS = ["lambda_max", "trace_h", "trace_h_se"]
-GROUP = ["dataset", "model", "clean_budget"]  # one main table (and heatmap) per group
+GROUP = stats.GROUP  # one main table (and heatmap) per group
 METRICS = {"acc": "ACC", "asr": "ASR", "ra": "RA", "der": "DER"}
-HIGHER_IS_BETTER = {"acc": True, "asr": False, "ra": True, "der": True}
-UNDEFENDED = "none"
+HIGHER_IS_BETTER = stats.HIGHER_IS_BETTER
+UNDEFENDED = stats.UNDEFENDED
 
 
 def write_metrics_csv(json_paths, out_path: str | Path, smoothness_paths=()) -> pd.DataFrame:
@@ -187,11 +187,7 @@ def markdown_report(frame: pd.DataFrame, benign=("benign",)) -> str:
 
 
 def _iv_text(value, lo, hi, decimals=1) -> str:
-    if pd.isna(value):
-        return "—"
-    if pd.isna(lo) or pd.isna(hi):
-        return f"{value:.{decimals}f}"
-    return f"{value:.{decimals}f} [{lo:.{decimals}f}, {hi:.{decimals}f}]"
+    return _cell(stats.Interval(value, lo, hi, 0 if pd.isna(value) else 1), decimals, "md")
 
 
 def across_attacks_markdown(part: pd.DataFrame, benign=("benign",)) -> str:
@@ -286,9 +282,7 @@ def backdoor_attacks(frame: pd.DataFrame, benign=("benign",)) -> list[str]:
 
 def common_attacks(part: pd.DataFrame, benign=("benign",)) -> list[str]:
     """The backdoor attacks every defense of ``part`` ran (study.skip may leave some out)."""
-    runs = part.groupby("defense", sort=False)["attack"].agg(set)
-    shared = set.intersection(*runs) if len(runs) else set()
-    return [a for a in backdoor_attacks(part, benign) if a in shared]
+    return stats.common_attacks(part, part["defense"].unique(), benign)
 
 
 def runtime_effect(frame: pd.DataFrame, benign=("benign",)) -> pd.DataFrame:
