@@ -4,7 +4,7 @@
 import os
 import sys
 
-from snakemake.utils import min_version
+from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
@@ -26,6 +26,23 @@ except P.ParamsError as err:
 
 
 configfile: "params.yaml"
+
+
+# Snakemake's own check against the JSON Schema generated from src/backdoor/schema/ (`make schema`;
+# editors read it through params.yaml's first line). When it fails, the study's checks speak
+# instead, naming every problem with its line; if they find none, the schema is stale.
+try:
+    validate(config, "workflow/schemas/params.schema.json", set_default=False)
+except WorkflowError as err:
+    try:
+        P.validate(config, "params.yaml")
+    except P.ParamsError as problems:
+        raise WorkflowError(str(problems)) from None
+    raise WorkflowError(
+        "workflow/schemas/params.schema.json refuses what src/backdoor/schema/ accepts: "
+        "run `make schema` to regenerate it",
+        err,
+    ) from None
 
 
 report: "workflow/report/workflow.rst"
