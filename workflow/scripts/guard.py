@@ -7,13 +7,17 @@ DVC's `validate` stage runs it (every other stage depends on its marker, so `dvc
 `dvc exp run` stop here before deleting any output); run_all.sh, after_dvc.sh and `make` targets
 run it first. ``--free`` also fails when another runner holds the workspace, and clears the lock a
 Snakemake run killed with -9 left behind when none of its processes is alive (else names them).
+First of all it checks that it runs in the study's environment: `dvc repro` from a shell without
+`.venv` activated would run every stage with the system's python3 and snakemake.
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
+import importlib.util
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,6 +26,17 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "workflow/scripts"))
 
 MARKER_TEXT = "params.yaml is valid and dvc.yaml matches the Snakemake DAG\n"
+
+
+def check_environment() -> None:
+    """Stop with one line when this python3 (the stage commands' `python3`) or the `snakemake` on the
+    PATH is not the study's environment, before anything else imports what it lacks."""
+    missing = [m for m in ("snakemake", "yaml", "torch") if importlib.util.find_spec(m) is None]
+    if missing or shutil.which("snakemake") is None:
+        lacks = f"cannot import {', '.join(missing)}" if missing else "finds no `snakemake` on the PATH"
+        sys.exit(f"this shell is not in the study's environment: {sys.executable} {lacks}. Run "
+                 "`source .venv/bin/activate` (made by `make setup`) and rerun, or run `make study`, which uses "
+                 ".venv by itself. Nothing was run or deleted.")
 
 
 def check_params(root: Path) -> None:
@@ -118,6 +133,7 @@ def main() -> None:
     ap.add_argument("--free", action="store_true", help="also fail when another runner holds the workspace "
                     "(and clear a killed Snakemake run's stale lock)")
     args = ap.parse_args()
+    check_environment()
     if args.free:
         check_free(ROOT)
         clear_stale_lock(ROOT)

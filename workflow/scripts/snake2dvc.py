@@ -8,7 +8,8 @@ Its command hands the job back to Snakemake, so a command, its threads, log and 
 defined once, in the Snakefile. Its deps are the job's input files and the code it imports, read
 from the job's own ``code`` param (backdoor.codedeps), so both runners track the same files; its
 params are ``backdoor.params.step_keys``. A ``validate`` stage, upstream of every other, checks
-params.yaml and that this file is up to date before DVC touches any output.
+params.yaml and that this file is up to date before DVC touches any output; it first stops with one
+line (`source .venv/bin/activate`) when the shell's python3 is not the study's environment.
 
 Uses Snakemake's Python API and DAG internals (pinned snakemake version in envs/requirements.txt).
 """
@@ -34,6 +35,8 @@ HEADER = """\
 # hands its job back to Snakemake, on $CORES cores (default: all). Deps: the job's inputs and the
 # files its code imports (src/backdoor/codedeps.py): those every entry imports in the template, the
 # others per entry as ${item.deps[i]} (DVC takes no list there: shorter lists repeat an entry).
+# Run `dvc repro` in the study's environment (`source .venv/bin/activate`): the commands call the
+# PATH's python3 and snakemake, and the validate stage stops with that line when they are not it.
 """
 GUARD = "validate"
 MARKER = "results/validated.txt"
