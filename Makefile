@@ -9,7 +9,7 @@ CORES ?= $(shell nproc)
 BIN := $(if $(findstring /,$(PYTHON)),$(abspath $(dir $(PYTHON))))
 export PATH := $(if $(BIN),$(BIN):)$(PATH)
 
-.PHONY: setup study test test-fast lint dvc.yaml status verify publish fetch-results figures bench clean \
+.PHONY: setup study test test-fast lint schema docs dvc.yaml status verify publish fetch-results figures bench clean \
 	study-cause study-cifar10 study-full study-released study-paper study-variance setup-slurm test-slurm
 
 setup:  ## install system + Python dependencies into .venv (idempotent)
@@ -37,6 +37,12 @@ test-fast:  ## unit tests only
 lint:  ## snakefmt and snakemake --lint on the workflow
 	snakefmt --check .
 	snakemake --lint
+
+schema:  ## regenerate the JSON Schema of params.yaml and the configuration reference page from src/backdoor/schema/
+	PYTHONPATH=src $(PYTHON) -m backdoor.schema.export
+
+docs:  ## build the documentation site into site/ (mkdocs build --strict: a broken link or missing page fails)
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict
 
 dvc.yaml:  ## regenerate dvc.yaml from the Snakemake DAG (after editing study: in params.yaml)
 	$(PYTHON) workflow/scripts/snake2dvc.py -o dvc.yaml

@@ -229,7 +229,8 @@ def _anchor(path: str) -> str:
     return path.replace(".", "-").replace("_", "-").replace("<", "").replace(">", "").replace("[]", "")
 
 
-def _table(cls, path: str, inherited: set[str] = frozenset(), sections: dict | None = None) -> list[str]:
+def _table(cls, path: str, inherited: set[str] = frozenset(), sections: dict | None = None,
+           inherited_from: str = "") -> list[str]:
     rows = ["| setting | type | default | range | meaning |", "|---|---|---|---|---|"]
     for name, f in declared(cls).items():
         hint = hint_of(cls, name)
@@ -237,7 +238,7 @@ def _table(cls, path: str, inherited: set[str] = frozenset(), sections: dict | N
         target = (sections or {}).get(name)
         shown = "" if target else "*required*" if default is REQUIRED else _code(default)
         key = f"[`{name}`](#{_anchor(target)})" if target else f"`{name}`"
-        meaning = f.metadata.get("doc", "") + (" (also settable in the defaults section)" if name in inherited else "")
+        meaning = f.metadata.get("doc", "") + (f" (`{inherited_from}` sets it for every id)" if name in inherited else "")
         rows.append(f"| {key} | {_cell(_kind(hint))} | {shown} | {_range(f.metadata)} | {_cell(meaning)} |")
     return rows
 
@@ -256,7 +257,7 @@ def _sections(cls, path: str) -> dict[str, str]:
 
 def _section_blocks(cls, path: str, level: int) -> list[str]:
     sections = _sections(cls, path)
-    lines = [f"{'#' * level} `{path}` {{#{_anchor(path)}}}", ""]
+    lines = [f"{'#' * level} {path.replace('<', '&lt;').replace('>', '&gt;')} {{#{_anchor(path)}}}", ""]
     if _doc(cls):
         lines += [_doc(cls), ""]
     lines += _table(cls, path, sections=sections) + [""]
@@ -272,14 +273,14 @@ def _family_blocks(family: str, registry: dict[str, type]) -> list[str]:
     singular = family.removesuffix("s")
     base = Params.__dataclass_fields__[family].metadata.get("defaults_from")
     inherited = _inherited(next(iter(registry.values())), family)
-    lines = [f"## `{family}` {{#{family}}}", "",
+    lines = [f"## {family} {{#{family}}}", "",
              f"`{family}.<id>: {{type: <{singular} type>, <settings>}}`: `type` defaults to the id, and every "
              f"setting left out takes its type's default" + (f" (or the value given in [`{base}`](#{_anchor(base)}))"
                                                              if base else "") +
              f". The study uses the ids `study.{family}` lists. {len(registry)} types:",
              "", ", ".join(f"[`{k}`](#{family}-{_anchor(k)})" for k in registry), ""]
     for kind, cls in registry.items():
-        lines += [f"### `{kind}` {{#{family}-{_anchor(kind)}}}", ""]
+        lines += [f"### {family}: {kind} {{#{family}-{_anchor(kind)}}}", ""]
         about = [_doc(cls)] if _doc(cls) else []
         impl = getattr(cls, "impl", "")
         if impl:
@@ -289,7 +290,7 @@ def _family_blocks(family: str, registry: dict[str, type]) -> list[str]:
                                  ("clean-label", getattr(cls, "clean_label", False))) if on]
         if flags:
             about.append(" and ".join(flags).capitalize() + ".")
-        lines += [" ".join(about), ""] + _table(cls, f"{family}.{kind}", inherited) + [""]
+        lines += [" ".join(about), ""] + _table(cls, f"{family}.{kind}", inherited, inherited_from=base) + [""]
     return lines
 
 
