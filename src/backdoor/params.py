@@ -97,7 +97,7 @@ def is_crafted(config: dict, attack: str) -> bool:
 # -- what each step reads -------------------------------------------------------------------------
 
 STEPS = ("download", "prepare", "craft", "poison", "train", "purify", "smoothness", "aggregate", "report",
-         "features", "tsne")
+         "features", "tsne", "trace_train", "trace_purify", "measure_trace")
 
 
 # Settings of the machine, not of the results (a mirror of the same checksummed files, where to
@@ -119,6 +119,10 @@ def step_keys(step: str, **wc: str) -> list[str]:
         "report": ["figures"],
         "features": ["figures.tsne"],
         "tsne": ["figures.tsne"],
+        "trace_train": ["train", f"models.{wc.get('model')}", "precision", "figures.dynamics.train_every"],
+        "trace_purify": ["defense_defaults", f"defenses.{wc.get('defense')}", f"models.{wc.get('model')}",
+                         "precision", "figures.dynamics.purify_every"],
+        "measure_trace": ["analysis.smoothness", "precision", "figures.dynamics.purification_trace_h"],
     }
     if step not in keys:
         raise KeyError(f"unknown step {step!r}")
@@ -151,4 +155,11 @@ def step_values(config: dict, step: str, **wc: str) -> dict:
         return {"tsne": section(config, "figures").tsne.to_dict()}
     if step == "tsne":
         return {"tsne": section(config, "figures").tsne.to_dict()}
+    if step == "trace_train":
+        return {**step_values(config, "train", **wc), "every": section(config, "figures").dynamics.train_every}
+    if step == "trace_purify":
+        return {**step_values(config, "purify", **wc), "every": section(config, "figures").dynamics.purify_every}
+    if step == "measure_trace":
+        trace_h = wc.get("kind") != "purify" or section(config, "figures").dynamics.purification_trace_h
+        return {**step_values(config, "smoothness"), "trace_h": trace_h}
     return {}

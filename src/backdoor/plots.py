@@ -471,3 +471,96 @@ def tsne_figure(embeddings: dict, title: str):
         fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), frameon=False,
                    handletextpad=0.1, columnspacing=0.8, title=title, title_fontproperties={"size": 7.5})
     return fig
+
+
+# -- dynamics: checkpoints along training and purification (FIP's Fig. 1 and 3) --------------------
+
+DYN_PANELS = {"lambda_max": "λ_max (log)", "trace_h": "Tr(H) (log)", "acc": "ACC (%)", "asr": "ASR (%)"}
+
+
+def _symlog_steps(ax, xlabel: str) -> None:
+    ax.set_xscale("symlog", linthresh=1, linscale=0.4)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel(xlabel)
+    ax.grid(True, which="major", lw=0.3, alpha=0.5)
+
+
+def _dyn_line(ax, part: pd.DataFrame, col: str, color, label, **kw) -> None:
+    ax.plot(part["step"], part[col], color=color, label=label, marker="o", ms=2, **kw)
+    if (part["n"] > 1).any():  # a band over training seeds: their min and max
+        ax.fill_between(part["step"], part[f"{col}_min"], part[f"{col}_max"], color=color, alpha=0.15, lw=0)
+
+
+def _seeds_note(summary: pd.DataFrame) -> str:
+    n = sorted(set(summary["n"]))
+    return f"line: mean of {n[-1]} training seed{'s' if n[-1] > 1 else ''}, band: min–max" \
+        if n[-1] > 1 else "one training seed (an example, not a result)"
+
+
+def dynamics_training_figure(summary: pd.DataFrame):
+    """λ_max, Tr(H), ACC and ASR against the training step (symlog), the benign model beside each
+    attack's backdoored one (FIP's Fig. 1); dotted lines mark the epochs."""
+    with _style():
+        if summary.empty:
+            return _empty("No training traces: figures.dynamics.attacks is empty.")
+        attacks = list(dict.fromkeys(summary["attack"]))
+        colors = {a: ("black" if a in BENIGN else c) for a, c in
+                  zip(attacks, [plt.get_cmap("tab10")(i) for i in range(len(attacks))])}
+        fig, axes = plt.subplots(1, 4, figsize=(DOUBLE, 2.1))
+        per_epoch = (summary["step"] / summary["epoch"]).dropna()
+        per_epoch = float(per_epoch[per_epoch > 0].iloc[0]) if (per_epoch > 0).any() else None
+        for ax, (col, label) in zip(axes, DYN_PANELS.items()):
+            for attack in attacks:
+                _dyn_line(ax, summary[summary["attack"] == attack], col, colors[attack],
+                          "benign (no trigger)" if attack in BENIGN else attack,
+                          ls="--" if attack in BENIGN else "-")
+            if per_epoch:
+                for e in range(1, int(summary["epoch"].max()) + 1):
+                    ax.axvline(e * per_epoch, color="0.6", ls=":", lw=0.6)
+            if col in ("lambda_max", "trace_h"):
+                ax.set_yscale("log")
+            _symlog_steps(ax, "training step")
+            ax.set_title(label, loc="left")
+        handles, labels = axes[0].get_legend_handles_labels()
+        dataset, model = summary["dataset"].iloc[0], summary["model"].iloc[0]
+        fig.suptitle(f"Backdoor training — {dataset} · {model}; dotted: epochs; {_seeds_note(summary)}",
+                     x=0.01, ha="left", fontsize=7.5)
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, bbox_to_anchor=(0.5, -0.06))
+        fig.tight_layout()
+    return fig
+
+
+def dynamics_purification_figure(summary: pd.DataFrame, training: pd.DataFrame | None = None):
+    """λ_max, ASR and ACC against the purification step (symlog), a line per defense, a row per
+    attack (FIP's Fig. 3); dashed: the benign model's final λ_max (from the training traces)."""
+    with _style():
+        if summary.empty:
+            return _empty("No purification traces: figures.dynamics.attacks is empty.")
+        attacks = list(dict.fromkeys(summary["attack"]))
+        defenses = list(dict.fromkeys(summary["defense"]))
+        colors = _colors(defenses)
+        benign_lm = None
+        if training is not None and not training.empty:
+            ben = training[training["attack"].isin(BENIGN)]
+            if not ben.empty:
+                benign_lm = float(ben.sort_values("step")["lambda_max"].iloc[-1])
+        panels = {"lambda_max": "λ_max (log)", "asr": "ASR (%)", "acc": "ACC (%)"}
+        fig, axes = plt.subplots(len(attacks), 3, figsize=(DOUBLE, 1.75 * len(attacks) + 0.4), squeeze=False)
+        for row, attack in zip(axes, attacks):
+            part = summary[summary["attack"] == attack]
+            for ax, (col, label) in zip(row, panels.items()):
+                for defense in defenses:
+                    _dyn_line(ax, part[part["defense"] == defense], col, colors[defense], defense)
+                if col == "lambda_max":
+                    ax.set_yscale("log")
+                    if benign_lm is not None:
+                        ax.axhline(benign_lm, color="black", ls="--", lw=0.7, label="benign model (end of training)")
+                _symlog_steps(ax, "purification step" if row is axes[-1] else "")
+                ax.set_title(f"{attack}: {label}", loc="left")
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.suptitle(f"Purification — {summary['dataset'].iloc[0]} · {summary['model'].iloc[0]}; step 0 is the "
+                     f"backdoored model; {_seeds_note(summary)}", x=0.01, ha="left", fontsize=7.5)
+        fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), frameon=False,
+                   bbox_to_anchor=(0.5, -0.04))
+        fig.tight_layout()
+    return fig

@@ -19,10 +19,11 @@ def _paths(value) -> list[str]:
 
 
 def write(csv_path, outputs: dict, *, figures: dict, benign=("benign",), sweeps: dict | None = None,
-          sweep_params: dict | None = None) -> None:
+          sweep_params: dict | None = None, dynamics_csv=None) -> None:
     """Write what ``outputs`` names: table, html, tex, headline, data_* (plot data) and the figures
     heatmaps, aggregate, improvement, ranks, runtime_asr, smoothness, sample_efficiency, tradeoff (each
-    with ``<name>_vector``)."""
+    with ``<name>_vector``), and from ``dynamics_csv`` (results/dynamics.csv) dynamics_training and
+    dynamics_purification."""
     frame = pd.read_csv(csv_path)
     benign = tuple(benign)
     sweeps, sweep_params = sweeps or {}, sweep_params or {}
@@ -50,6 +51,10 @@ def write(csv_path, outputs: dict, *, figures: dict, benign=("benign",), sweeps:
             "data_aggregate": lambda: stats.per_group(main, lambda part: stats.aggregate(part, benign)),
             "data_improvement": lambda: stats.per_group(main, lambda part: stats.improvement(part, benign=benign)),
             "data_ranks": lambda: stats.per_group(main, lambda part: stats.rank_table(part, benign))}
+    dyn = pd.read_csv(dynamics_csv) if dynamics_csv else None
+    if dyn is not None:
+        data["data_dynamics_training"] = lambda: tables.dynamics_summary(dyn, "train")
+        data["data_dynamics_purification"] = lambda: tables.dynamics_summary(dyn, "purify")
     for key, make in data.items():
         if key in outputs:
             write_text(make().to_csv(index=False, float_format="%.4f"), outputs[key])
@@ -62,6 +67,10 @@ def write(csv_path, outputs: dict, *, figures: dict, benign=("benign",), sweeps:
               "smoothness": lambda: plots.smoothness_figure(frame, figures["smoothness"]["defenses"], benign),
               "sample_efficiency": lambda: plots.sample_efficiency_figure(frame, se_attacks, se_defenses),
               "tradeoff": lambda: plots.tradeoff_figure(points)}
+    if dyn is not None:
+        makers["dynamics_training"] = lambda: plots.dynamics_training_figure(tables.dynamics_summary(dyn, "train"))
+        makers["dynamics_purification"] = lambda: plots.dynamics_purification_figure(
+            tables.dynamics_summary(dyn, "purify"), tables.dynamics_summary(dyn, "train"))
     for name, make in makers.items():
         if name in outputs:
             plots.save(make(), _paths(outputs[name]) + _paths(outputs.get(f"{name}_vector", [])))

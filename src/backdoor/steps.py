@@ -142,27 +142,41 @@ def test_sets(prepared: dict, poisoned: dict) -> tuple[TensorSet, TriggeredSet]:
             TriggeredSet(poisoned["test_x"], poisoned["test_y_true"], poisoned["test_y_target"]))
 
 
-def train(prepared_path: str, poisoned_path: str, model_out: str, metrics_out: str, model_params: dict,
-          train_params: dict, seed: int, device: str = "auto", precision: str = "auto") -> None:
-    from .device import autocast, pick_device, resolve_precision
-    from .io import load_tensors, write_record
-    from .metrics import evaluate
-    from .models import build_model, save_checkpoint
+def train_model(prepared: dict, poisoned: dict, model_params: dict, train_params: dict, seed: int,
+                dev: torch.device, precision: str, observe=None):
+    """The attacker's model trained from ``seed`` on the poisoned set; ``observe`` (a context manager,
+    e.g. ``Trace.watching()``) watches its steps. Returns (model, training set, fit result)."""
+    from contextlib import nullcontext
+
+    from .device import autocast
+    from .models import build_model
     from .training import FitConfig, fit
 
-    start = time.perf_counter()
-    prepared, poisoned = load_tensors(prepared_path), load_tensors(poisoned_path)
-    dev = pick_device(device)
-    precision = resolve_precision(precision, dev)
     torch.manual_seed(seed)
     arch_params = {k: v for k, v in model_params.items() if k != "type"}
     model = build_model(model_params["type"], prepared["train_x"].shape[1], prepared["num_classes"],
                         prepared["mean"], prepared["std"], **arch_params)
     data = training_set(prepared, poisoned)
-    clean_test, triggered = test_sets(prepared, poisoned)
-    with autocast(precision, dev):
+    with autocast(precision, dev), (observe(model) if observe else nullcontext()):
         result = fit(model, data, FitConfig.from_params(train_params), gen=seed_generator("train", seed),
                      device=dev, desc=f"train {poisoned['attack']}")
+    return model, data, result
+
+
+def train(prepared_path: str, poisoned_path: str, model_out: str, metrics_out: str, model_params: dict,
+          train_params: dict, seed: int, device: str = "auto", precision: str = "auto") -> None:
+    from .device import autocast, pick_device, resolve_precision
+    from .io import load_tensors, write_record
+    from .metrics import evaluate
+    from .models import save_checkpoint
+
+    start = time.perf_counter()
+    prepared, poisoned = load_tensors(prepared_path), load_tensors(poisoned_path)
+    dev = pick_device(device)
+    precision = resolve_precision(precision, dev)
+    model, data, result = train_model(prepared, poisoned, model_params, train_params, seed, dev, precision)
+    clean_test, triggered = test_sets(prepared, poisoned)
+    with autocast(precision, dev):
         scores = evaluate(model, clean_test, triggered)
     save_checkpoint(model.cpu(), model_out)
     write_record({**scores, "attack": poisoned["attack"], "n_poisoned": len(poisoned["poison_idx"]),
@@ -283,3 +297,93 @@ def purify(prepared_path: str, poisoned_path: str, model_path: str, model_metric
                 **runtime_info(dev, precision), "info": info}, metrics_out)
     print(f"purify {ids['attack']} with {ids['defense']}: ACC {scores['acc']:.2f}  ASR {scores['asr']:.2f}  "
           f"RA {scores['ra']:.2f}  ({runtime:.1f} s)")
+
+
+# -- dynamics: checkpoints along training and purification, measured in separate jobs ---------------
+
+def trace_train(prepared_path: str, poisoned_path: str, trace_out: str, model_params: dict, train_params: dict,
+                seed: int, every: int, device: str = "auto", precision: str = "auto") -> None:
+    """The training of ``train`` again, keeping checkpoints every ``every`` steps (log-spaced before)."""
+    from .analysis.dynamics import Trace
+    from .device import pick_device, resolve_precision
+    from .io import load_tensors, save_tensors
+
+    prepared, poisoned = load_tensors(prepared_path), load_tensors(poisoned_path)
+    dev = pick_device(device)
+    precision = resolve_precision(precision, dev)
+    traces = []
+
+    def observe(model):
+        traces.append(Trace(model, every))
+        return traces[-1].watching()
+
+    model, data, result = train_model(prepared, poisoned, model_params, train_params, seed, dev, precision, observe)
+    trace = traces[0]
+    trace.finish(model)
+    steps_per_epoch = -(-len(data) // int(train_params["batch_size"]))
+    save_tensors(trace.record(model.spec, kind="train", attack=poisoned["attack"], seed=seed,
+                              steps_per_epoch=steps_per_epoch, device=str(dev), precision=precision), trace_out)
+    print(f"trace train {poisoned['attack']}: {len(trace.steps)} checkpoints over {trace.step} steps")
+
+
+def trace_purify(prepared_path: str, model_path: str, trace_out: str, *, ids: dict, defense_params: dict,
+                 budget: int, seed: int, defense_seed: int, every: int, device: str = "auto",
+                 precision: str = "auto", arch: str | None = None) -> None:
+    """The run of ``purify`` again, keeping checkpoints every ``every`` steps (log-spaced before). It
+    reads no test data: the checkpoints are scored by ``measure_trace``, a later job."""
+    from .analysis.dynamics import Trace
+    from .device import pick_device, resolve_precision
+    from .io import load_tensors, save_tensors
+    from .models import load_checkpoint
+
+    prepared = load_tensors(prepared_path)
+    dev = pick_device(device)
+    precision = resolve_precision(precision, dev)
+    model = load_checkpoint(model_path, expect_arch=arch)
+    trace = Trace(model, every)
+    with trace.watching():
+        model, info, n_clean, runtime = run_defense(prepared, model, ids["defense"], defense_params, budget, seed,
+                                                    defense_seed, dev, precision)
+    trace.finish(model)
+    save_tensors(trace.record(model.spec, kind="purify", **ids, seed=seed, defense_seed=defense_seed,
+                              clean_budget=budget, device=str(dev), precision=precision), trace_out)
+    print(f"trace {ids['attack']} / {ids['defense']}: {len(trace.steps)} checkpoints over {trace.step} steps "
+          f"({runtime:.1f} s)")
+
+
+def measure_trace(prepared_path: str, poisoned_path: str, trace_path: str, out_path: str, settings: dict,
+                  device: str = "auto", precision: str = "auto", trace_h: bool = True) -> None:
+    """ACC, ASR, RA (test sets, read here after the run) and λ_max, Tr(H) (the smoothness analysis's
+    fixed clean batch, fp32; Tr(H) left out unless ``trace_h``) of every checkpoint of a trace."""
+    from .analysis.smoothness import fixed_images, smoothness as measure
+    from .device import autocast, pick_device, resolve_precision
+    from .io import load_tensors, write_record
+    from .metrics import evaluate
+    from .models import build_model
+
+    start = time.perf_counter()
+    prepared, trace = load_tensors(prepared_path), load_tensors(trace_path)
+    clean_test, triggered = test_sets(prepared, load_tensors(poisoned_path))
+    dev = pick_device(device)
+    precision = resolve_precision(precision, dev)
+    images, labels = fixed_images(prepared["train_x"], prepared["train_y"], prepared["attacker_idx"],
+                                  int(settings["images"]), int(settings["seed"]))
+    spec = trace["spec"]
+    rows = []
+    for step, state in zip(trace["steps"], trace["states"]):
+        model = build_model(spec["arch"], spec["in_channels"], spec["num_classes"], spec["mean"], spec["std"],
+                            **spec["arch_params"])
+        model.load_state_dict(state)
+        with autocast(precision, dev):
+            scores = evaluate(model.to(dev), clean_test, triggered)
+        sharp = measure(model, images, labels, power_iterations=int(settings["power_iterations"]),
+                        probes=int(settings["probes"]) if trace_h else 0, tol=float(settings["tol"]),
+                        seed=int(settings["seed"]), device=dev)
+        rows.append({"step": int(step), **scores, "lambda_max": sharp.lambda_max, "trace_h": sharp.trace_h,
+                     "trace_h_se": sharp.trace_h_se})
+        print(f"step {step}: ACC {scores['acc']:.2f}  ASR {scores['asr']:.2f}  λ_max {sharp.lambda_max:.4g}  "
+              f"Tr(H) {sharp.trace_h:.4g}", flush=True)
+    keys = ("kind", "dataset", "model", "attack", "defense", "seed", "defense_seed", "clean_budget",
+            "steps_per_epoch", "total_steps", "every")
+    write_record({**{k: trace[k] for k in keys if k in trace}, "checkpoints": rows, "images": len(images),
+                  "seconds": time.perf_counter() - start, **runtime_info(dev, precision)}, out_path)

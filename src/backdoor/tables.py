@@ -42,6 +42,39 @@ def write_metrics_csv(json_paths, out_path: str | Path, smoothness_paths=()) -> 
     return frame
 
 
+DYNAMICS = ["kind", "dataset", "model", "attack", "defense", "seed", "defense_seed", "step", "epoch",
+            "acc", "asr", "ra", "lambda_max", "trace_h", "trace_h_se"]
+DYNAMICS_METRICS = ["acc", "asr", "ra", "lambda_max", "trace_h"]
+
+
+def write_dynamics_csv(json_paths, out_path: str | Path) -> pd.DataFrame:
+    """One row per checkpoint of every trace (``measure_trace``'s records), in the order given;
+    ``epoch`` is the step over the training's steps per epoch (empty for purifications)."""
+    rows = []
+    for path in json_paths:
+        record = read_json(path)
+        per_epoch = record.get("steps_per_epoch")
+        for point in record["checkpoints"]:
+            rows.append({**{k: record.get(k) for k in DYNAMICS[:7]}, **point,
+                         "defense": record.get("defense", "(training)"),
+                         "epoch": point["step"] / per_epoch if per_epoch else None})
+    frame = pd.DataFrame([{c: row.get(c) for c in DYNAMICS} for row in rows], columns=DYNAMICS)
+    write_text(frame.to_csv(index=False, float_format="%.8g"), out_path)
+    return frame
+
+
+def dynamics_summary(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """Mean, min and max over training seeds of each metric per (attack, defense, step): the lines and
+    bands of the dynamics figures, and their plot data."""
+    part = frame[frame["kind"] == kind]
+    keys = ["dataset", "model", "attack", "defense", "step"] + (["epoch"] if kind == "train" else [])
+    grouped = part.groupby(keys, sort=False, dropna=False)[DYNAMICS_METRICS]
+    out = grouped.agg(["mean", "min", "max"])
+    out.columns = [f"{m}_{s}" if s != "mean" else m for m, s in out.columns]
+    out["n"] = grouped.size()
+    return out.reset_index()
+
+
 def write_metrics_json(frame: pd.DataFrame, out_path: str | Path) -> dict:
     """The headline numbers for `dvc metrics show` / `dvc exp show`: mean ACC and ASR per dataset,
     model, clean budget (``n600``), attack and defense (nested, so DVC names them

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -21,6 +22,9 @@ from tqdm import tqdm
 from .augment import augment, to_float
 from .device import memory_format, to_device
 from .data.tensors import TensorSet
+
+# Observers of every optimiser step of ``fit`` (``observe_steps``): they read the model, never change it.
+_OBSERVERS: list[Callable[[nn.Module], None]] = []
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
 # grad_fn(model, x, y, step, loss_fn) -> loss: fills .grad itself (after fit's zero_grad), e.g. SAM
@@ -91,6 +95,17 @@ def backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int, loss
     return loss
 
 
+@contextmanager
+def observe_steps(observer: Callable[[nn.Module], None]):
+    """Call ``observer(model)`` after every step of every ``fit`` in this block (after ``after_step``),
+    e.g. to keep checkpoints (``analysis.dynamics``). The observer must not change the model."""
+    _OBSERVERS.append(observer)
+    try:
+        yield observer
+    finally:
+        _OBSERVERS.remove(observer)
+
+
 def make_optimizer(params, cfg: FitConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
@@ -153,7 +168,10 @@ def fit(model: nn.Module, data: TensorSet, cfg: FitConfig, *, gen: torch.Generat
         losses.append(loss.item())
         seen += len(idx)
         bar.update(1)
-        if after_step is not None and after_step(step):
+        stop = after_step is not None and after_step(step)
+        for observe in _OBSERVERS:
+            observe(model)
+        if stop:
             break  # the hook asked to stop early
         if step % 20 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")

@@ -74,6 +74,16 @@ RUNS = [
 ]
 RUN_JSONS = [f"results/runs/{run}.json" for run in RUNS]
 RUN_TIMINGS = [f"results/runs/{run}.time.json" for run in RUNS]  # io.timing_path
+# Every run's and every trained model's files are targets of `all` too: Snakemake (≥ 7.7) would
+# otherwise skip a deleted intermediate file whose consumers are up to date, where DVC remakes it.
+KEPT_OUTPUTS = [f"results/runs/{run}.pt" for run in RUNS] + [
+    f"results/models/{m}.{ext}"
+    for m in dict.fromkeys(
+        "{dataset}/{model}/{attack}/seed{seed}".format(**run)
+        for run in PARAMS.study.runs()
+    )
+    for ext in ("pt", "json")
+]
 SMOOTHNESS_JSONS = (
     [f"results/smoothness/{run}.json" for run in RUNS]
     if PARAMS.analysis.smoothness.enabled

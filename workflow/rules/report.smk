@@ -3,7 +3,9 @@ rule aggregate:
         runs=RUN_JSONS,
         timings=RUN_TIMINGS,
         smoothness=SMOOTHNESS_JSONS,
+        dynamics=DYNAMICS_JSONS,
     output:
+        **DYNAMICS_CSV,
         csv="results/metrics.csv",
         json="results/metrics.json",
     log:
@@ -19,6 +21,7 @@ rule aggregate:
 rule report:
     input:
         "results/metrics.csv",
+        **DYNAMICS_CSV,
     output:
         **PLOT_DATA,
         **REPORT_FIGURES,

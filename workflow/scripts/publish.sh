@@ -8,8 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 remote="${1:-}" endpoint="${2:-}"
 "${PYTHON:-python3}" workflow/scripts/guard.py --free
-if [ ! -f dvc.lock ] || ! dvc status -q >/dev/null 2>&1; then
-  echo "publish: the workspace does not match dvc.lock (or nothing is recorded yet): run 'make study' first" >&2
+if [ ! -f dvc.lock ]; then
+  echo "publish: nothing is recorded yet (no dvc.lock): run 'make study' first" >&2
+  exit 1
+fi
+if ! status=$(dvc status 2>&1) || ! grep -q "Data and pipelines are up to date" <<<"$status"; then
+  echo "$status" | head -20 >&2
+  echo "publish: the workspace does not match dvc.lock (dvc status above): run 'make study' first" >&2
   exit 1
 fi
 "${PYTHON:-python3}" workflow/scripts/verify_outputs.py --cache

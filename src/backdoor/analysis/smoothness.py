@@ -106,13 +106,13 @@ def fixed_images(train_x: torch.Tensor, train_y: torch.Tensor, candidates: torch
 def smoothness(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, power_iterations: int = 30,
                probes: int = 20, tol: float = 1e-2, seed: int = 0,
                device: torch.device | str = "cpu") -> Smoothness:
-    """λ_max and Tr(H) of ``model``'s cross-entropy on the uint8 ``images`` (one batch)."""
+    """λ_max and Tr(H) (NaN with ``probes=0``) of ``model``'s cross-entropy on the uint8 ``images``."""
     start = time.perf_counter()
     model = model.to(device)
     x, y = to_float(images.to(device)), labels.to(device)
     hvp = HessianVectorProduct(model, x, y)
     gen = torch.Generator().manual_seed(seed)
     top, iters = lambda_max(hvp, gen, power_iterations, tol)
-    trace, se = hessian_trace(hvp, gen, probes)
+    trace, se = hessian_trace(hvp, gen, probes) if probes else (float("nan"), float("nan"))
     return Smoothness(lambda_max=top, trace_h=trace, trace_h_se=se, power_iterations=iters, trace_probes=probes,
                       seconds=time.perf_counter() - start)

@@ -75,7 +75,7 @@ class FIP(Defense, Fit):
     schedule: str = SCHEDULE("constant")
     iterations: int | None = ITERATIONS(2000)
     eta_f: float = param(5.0e-2, "η_F, weight of the Fisher-trace (backdoor-suppressing) term; chosen on "
-                                 "validation (README, 'Released vs corrected')", ge=0)
+                                 "validation (docs/results/released.md)", ge=0)
     eta_r: float = param(1.0, "η_r, weight of the diagonal-Fisher retainer (0 disables it)", ge=0)
     trace_every: int = param(5, "compute the trace term on every k-th batch only", ge=1)
     probes: int = param(20, "Hutchinson probe vectors per trace evaluation", ge=1)

@@ -163,6 +163,21 @@ class Tradeoff(Spec):
 
 
 @spec
+class Dynamics(Spec):
+    """Checkpoints along backdoor training and purification, each scored in its own job (FIP's
+    Fig. 1 and 3; profiles/dynamics.yaml). On the study's first dataset, model, budget, defense seed."""
+
+    attacks: list[str] = param([], "attack ids traced: their training (with the benign model's) and their "
+                                   "purification by each of `defenses` (empty: no dynamics)", pattern=ID)
+    defenses: list[str] = param(["ft", *SEED_METHODS], "defense ids traced on each attack", pattern=ID)
+    seeds: list[int] = param([0], "training seeds traced (a band over them in the figures)", ge=0)
+    train_every: int = param(200, "training steps between checkpoints (log-spaced 1, 2, 4, … before)", ge=1)
+    purify_every: int = param(100, "purification steps between checkpoints (log-spaced 1, 2, 4, … before)", ge=1)
+    purification_trace_h: bool = param(False, "Tr(H) of purification checkpoints too (FIP's Fig. 3 has "
+                                              "λ_max only; each costs analysis.smoothness.probes HVPs)")
+
+
+@spec
 class Figures(Spec):
     """The report's focused figures (ids not in the study are left out)."""
 
@@ -170,6 +185,7 @@ class Figures(Spec):
     smoothness: SmoothnessFigure = param(SmoothnessFigure, "λ_max and Tr(H) per attack")
     sample_efficiency: SampleEfficiency = param(SampleEfficiency, "ASR and ACC against the clean budget")
     tradeoff: dict[str, Tradeoff] = param({}, "per method: the knob its curve sweeps and the ids along it")
+    dynamics: Dynamics = param(Dynamics, "ACC, ASR, λ_max and Tr(H) along training and purification")
 
 
 @spec
@@ -212,6 +228,13 @@ class Params(Spec):
                 if unknown:
                     problems.append((f"study.skip[{i}].{axis}", f"{unknown} are not defined under `{axis}:` "
                                                                 "(a typo would silently skip nothing)"))
+        if self.valid("figures"):
+            dyn = self.figures.dynamics
+            for axis, ids in (("attacks", dyn.attacks), ("defenses", dyn.defenses if dyn.attacks else [])):
+                defined = {*getattr(self, axis), *self.broken_ids(axis)}
+                unknown = [i for i in ids if i not in defined]
+                if unknown:
+                    problems.append((f"figures.dynamics.{axis}", f"{unknown} are not defined under `{axis}:`"))
         if self.valid("surrogate") and any(self.attacks[a].crafted for a in study.attacks if a in self.attacks):
             problems += self._surrogate_problems()
         if self.valid("splits"):
