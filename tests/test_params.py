@@ -204,7 +204,7 @@ def test_declarations_are_importable_without_torch():
             "assert 'torch' not in sys.modules, 'torch imported'; print(len(schema.DEFENSES))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert int(out.stdout) == 18  # 14 types + the released twins of fip, nft, fmp, sibp
+    assert int(out.stdout) == 19  # 15 types + the released twins of fip, nft, fmp, sibp
 
 
 def test_every_declared_setting_has_a_meaning():

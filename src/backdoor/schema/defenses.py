@@ -8,7 +8,7 @@ defaults are what they are.
 from __future__ import annotations
 
 from .core import Spec, param, spec
-from .fit import (BATCH_SIZE, CROP_PAD, FLIP, ITERATIONS, LR, MIN_LR, MOMENTUM, SCHEDULE, WEIGHT_DECAY,
+from .fit import (BATCH_SIZE, CROP_PAD, EPOCHS, FLIP, ITERATIONS, LR, MIN_LR, MOMENTUM, SCHEDULE, WEIGHT_DECAY,
                   Augmentation, Fit, Optimiser, Schedule)
 
 DEFENSES: dict[str, type[Defense]] = {}
@@ -281,6 +281,18 @@ class FTSAM(Defense, Fit):
     adaptive: bool = param(True, "scale the perturbation by |w| + eta (ASAM)")
     eta: float = param(0.01, "offset of the adaptive scale", ge=0)
     label_smoothing: float = param(0.1, "label smoothing of the cross-entropy", ge=0, lt=1)
+
+
+@defense("fst", "backdoor.defenses.fst")
+class FST(Defense, Fit):
+    """Feature Shift Tuning: re-initialised head pushed away from the original one (the release's example)."""
+
+    iterations: int | None = ITERATIONS(None)
+    epochs: int | None = EPOCHS(10)
+    alpha: float = param(0.1, "α, weight of the penalty ⟨w, w_ori⟩ between the head's weight and the "
+                              "backdoored model's", ge=0)
+    reinit: bool = param(True, "re-initialise the head before tuning (false: an ablation)")
+    project: bool = param(True, "keep ‖w‖ = ‖w_ori‖ after every step (false: an ablation)")
 
 
 @defense("ibau", "backdoor.defenses.ibau")
