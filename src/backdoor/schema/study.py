@@ -10,7 +10,7 @@ from ..data.registry import DATASETS
 from .attacks import Attack, AttackDefaults
 from .core import REQUIRED, ParamsError, Spec, check_value, declared, default_of, hint_of, param, spec
 from .defenses import Defense, DefenseDefaults
-from .fit import EPOCHS, ITERATIONS, LR, WEIGHT_DECAY, Fit
+from .fit import BATCH_SIZE, CROP_PAD, EPOCHS, FLIP, ITERATIONS, LR, MOMENTUM, WEIGHT_DECAY, Fit
 from .models import Model
 
 ID = r"[a-z0-9_]+"
@@ -122,8 +122,28 @@ class Smoothness(Spec):
 
 
 @spec
+class Retune(Spec):
+    """The re-tuning attack (Min et al. 2024, arXiv 2410.09838; ``backdoor.analysis.retune``): fine-tune
+    a purified model on the defender's clean draw plus ``poisoned`` poisoned training images of its
+    attack, then score (P-ASR). Defaults: the authors' release (5 images, 5 epochs, lr 0.01)."""
+
+    enabled: bool = param(False, "re-tune every purified model and the benign model, the floor (not yet wired "
+                                 "into the DAG: today it turns on the check of `poisoned` only)")
+    poisoned: int = param(5, "k, poisoned training images of the attack added to the clean set (at most "
+                             "the attack's poisoned images)", ge=0)
+    epochs: int = param(5, "shuffled passes over the clean set plus the poisoned images", ge=1)
+    lr: float = LR(0.01)
+    momentum: float = MOMENTUM(0.9)
+    batch_size: int = BATCH_SIZE(128)
+    crop_pad: int = CROP_PAD(0)
+    flip: bool = FLIP(False)
+    seed: int = param(0, "seed of the draw of the poisoned images and of the re-tuning's batches", ge=0)
+
+
+@spec
 class Analysis(Spec):
     smoothness: Smoothness = param(Smoothness, "loss-surface smoothness of every model")
+    retune: Retune = param(Retune, "post-purification robustness: P-ASR after the re-tuning attack")
 
 
 SEED_METHODS = ["fip", "fast_fip", "nft", "fmp", "sibp"]
@@ -239,6 +259,26 @@ class Params(Spec):
             problems += self._surrogate_problems()
         if self.valid("splits"):
             problems += self._data_problems()
+            if self.valid("analysis") and self.analysis.retune.enabled:
+                problems += self._retune_problems()
+        return problems
+
+    def _retune_problems(self):
+        """k ≤ the poisoned images of every attack of the study: round(poison_rate × N), N the attacker's
+        split (what the poison step draws). Clean-label attacks draw at most the target class's
+        images, a number known only once the data are read: that bound is checked when re-tuning."""
+        problems, k = [], self.analysis.retune.poisoned
+        for name in self.study.datasets:
+            data = DATASETS[name]
+            n = min(self.splits.train_limit or data.train_size, data.train_size) - self.splits.clean_pool
+            for ident in self.study.attacks:
+                entry = self.attacks.get(ident)
+                if entry is None or entry.kind == "benign" or n <= 0:
+                    continue  # the benign model is re-tuned with another attack's images (the floor)
+                count = round(entry.poison_rate * n)
+                if k > count:
+                    problems.append(("analysis.retune.poisoned", f"{k} is more than attack {ident!r} poisons "
+                                     f"on {name}: round({entry.poison_rate} × {n} attacker images) = {count}"))
         return problems
 
     def _data_problems(self):

@@ -1,0 +1,140 @@
+"""The re-tuning attack (analysis.retune): a model that never had a backdoor stays near its floor, a
+backdoored one lightly fine-tuned on clean data re-learns it from 5 poisoned images; the draw is the
+defense's clean draw and seeded; bad settings are refused naming the key."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import yaml
+
+from backdoor import steps
+from backdoor.analysis.retune import poisoned_images, retune_attack
+from backdoor.data.tensors import TensorSet
+from backdoor.io import load_tensors, save_tensors
+from backdoor.models import build_model
+from backdoor.schema import ParamsError
+from backdoor.schema.study import Retune
+from backdoor.training import FitConfig, fit
+from conftest import ROOT
+
+SIZE, POOL, BUDGET = 12, 200, 100
+
+
+def bars(n: int, gen: torch.Generator) -> TensorSet:
+    """Learnable 12×12 images: class c is a bright bar on row c (columns 0–8) over dim noise; the
+    bottom-right 3×3 corner, where the badnets patch goes, holds noise only."""
+    y = torch.randint(0, 10, (n,), generator=gen)
+    x = torch.randint(0, 60, (n, 1, SIZE, SIZE), generator=gen, dtype=torch.uint8)
+    x[torch.arange(n), 0, y, :9] = 200
+    return TensorSet(x, y)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """prepared + the badnets and benign poisoned files, written and read as the DAG's steps do."""
+    root = tmp_path_factory.mktemp("retune")
+    gen = torch.Generator().manual_seed(0)
+    train, test = bars(1400, gen), bars(300, gen)
+    order = torch.randperm(len(train), generator=gen)
+    prepared = {"dataset": "tiny", "num_classes": 10, "mean": [0.2], "std": [0.3],
+                "train_x": train.x, "train_y": train.y, "test_x": test.x, "test_y": test.y,
+                "pool_idx": order[:POOL].sort().values, "attacker_idx": order[POOL:].sort().values}
+    save_tensors(prepared, root / "prepared.pt")
+    for ident, params in (("badnets", {"type": "badnets", "poison_rate": 0.1}), ("benign", {"type": "benign"})):
+        steps.poison(str(root / "prepared.pt"), str(root / f"{ident}.pt"), ident, params)
+    return {k: load_tensors(root / f"{k}.pt") for k in ("prepared", "badnets", "benign")}
+
+
+def trained(prepared, poisoned, epochs=8):
+    torch.manual_seed(0)
+    model = build_model("cnn", 1, 10, prepared["mean"], prepared["std"], width=8)
+    fit(model, steps.training_set(prepared, poisoned), FitConfig(lr=0.05, epochs=epochs, batch_size=64),
+        gen=torch.Generator().manual_seed(1), log=lambda _: None)
+    return model
+
+
+def asr(model, prepared, poisoned):
+    from backdoor.metrics import evaluate
+
+    return evaluate(model, *steps.test_sets(prepared, poisoned))
+
+
+def test_benign_stays_low_while_the_backdoored_model_relearns(files):
+    prepared, badnets = files["prepared"], files["badnets"]
+    benign = trained(prepared, files["benign"])
+    backdoored = trained(prepared, badnets)
+    assert asr(backdoored, prepared, badnets)["asr"] > 90
+    # "purified" lightly: fine-tuned on the defender's clean draw of the run
+    clean = steps.select_clean(prepared, BUDGET, "random", steps.clean_generator(BUDGET, 0, 0))
+    purified = copy.deepcopy(backdoored)
+    fit(purified, clean, FitConfig(lr=0.05, epochs=10, batch_size=32), gen=torch.Generator().manual_seed(2),
+        log=lambda _: None)
+    before = asr(purified, prepared, badnets)
+
+    settings = {"poisoned": 5}
+    floor_model, floor = retune_attack(prepared, badnets, benign, budget=BUDGET, seed=0, settings=settings)
+    after_model, after = retune_attack(prepared, badnets, purified, budget=BUDGET, seed=0, settings=settings)
+    assert before["asr"] < 50, before  # the light fine-tuning hid the backdoor (ASR 0 here) ...
+    assert floor["p_acc"] > 80 and after["p_acc"] > 80
+    assert floor["p_asr"] < 15, floor  # ... the benign model does not learn it from 5 images (0 here) ...
+    assert after["p_asr"] > 80, (before, after)  # ... the purified one re-learns it (99.6 here)
+    assert after["n_clean"] == BUDGET and after["poisoned"] == 5 and after["steps"] == 5
+    # the originals are untouched (the attack runs on a copy)
+    assert asr(purified, prepared, badnets) == before
+
+
+def test_poisoned_draw_is_seeded_and_from_the_poisoned_images(files):
+    prepared, badnets = files["prepared"], files["badnets"]
+    a = poisoned_images(prepared, badnets, 5, torch.Generator().manual_seed(0))
+    b = poisoned_images(prepared, badnets, 5, torch.Generator().manual_seed(0))
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and len(a) == 5
+    assert (a.y == 0).all() and (a.x[:, :, -3:, -3:] == 255).all()  # relabelled, and carrying the patch
+    assert len(poisoned_images(prepared, badnets, 0, torch.Generator())) == 0
+    with pytest.raises(ValueError, match="analysis.retune.poisoned"):
+        poisoned_images(prepared, badnets, len(badnets["poison_idx"]) + 1, torch.Generator())
+    with pytest.raises(ValueError, match="analysis.retune.poisoned"):
+        poisoned_images(prepared, files["benign"], 1, torch.Generator())
+
+
+def test_same_run_same_result(files):
+    prepared, badnets = files["prepared"], files["badnets"]
+    model = build_model("cnn", 1, 10, prepared["mean"], prepared["std"], width=4)
+    _, a = retune_attack(prepared, badnets, model, budget=BUDGET, seed=1, settings={"epochs": 1})
+    _, b = retune_attack(prepared, badnets, model, budget=BUDGET, seed=1, settings={"epochs": 1})
+    assert {k: v for k, v in a.items() if k != "retune_s"} == {k: v for k, v in b.items() if k != "retune_s"}
+
+
+def test_declaration_defaults_and_ranges():
+    s = Retune.of({})
+    assert (s.enabled, s.poisoned, s.epochs, s.lr, s.momentum, s.batch_size) == (False, 5, 5, 0.01, 0.9, 128)
+    for key, value in (("poisoned", -1), ("epochs", 0), ("lr", 0.0), ("enabled", "yes"), ("seed", -1)):
+        with pytest.raises(ParamsError, match=rf"retune\.{key}"):
+            Retune.of({key: value})
+
+
+def params_yaml(**retune):
+    config = yaml.safe_load((ROOT / "params.yaml").read_text())
+    config["analysis"]["retune"].update(retune)
+    return config
+
+
+def test_params_refuse_bad_retune_settings_before_any_job():
+    from backdoor import params
+
+    params.validate(params_yaml())  # as shipped: disabled
+    with pytest.raises(ParamsError, match=r"analysis\.retune\.poisoned: -1 is out of range"):
+        params.validate(params_yaml(poisoned=-1))
+    with pytest.raises(ParamsError, match=r"analysis\.retune\.poisoned: 5501 is more than attack 'badnets'") as err:
+        params.validate(params_yaml(enabled=True, poisoned=5501))
+    assert "sig" in str(err.value)  # 0.08 × 55,000 = 4,400 < 5,501 too
+    config = params_yaml(enabled=True, poisoned=9)
+    config["splits"].update(train_limit=5100, clean_pool=5000)  # 100 attacker images: badnets 10, sig 8
+    with pytest.raises(ParamsError, match=r"analysis\.retune\.poisoned: 9 is more than attack 'sig'.*= 8") as err:
+        params.validate(config)
+    assert "'badnets'" not in str(err.value)
+    config["analysis"]["retune"]["enabled"] = False
+    params.validate(config)  # disabled: not checked
+    params.validate(params_yaml(enabled=True, poisoned=4400))
