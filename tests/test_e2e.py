@@ -56,6 +56,7 @@ def tiny(params: dict) -> dict:
     params["analysis"]["smoothness"].update(enabled=True, images=50, power_iterations=5, probes=3)
     # checkpoints along the benign and badnets trainings (5 steps) and FT's and FMP's purifications
     params["figures"]["dynamics"].update(attacks=["badnets"], defenses=["ft", "fmp"], train_every=3, purify_every=2)
+    params["analysis"]["retune"].update(enabled=True, poisoned=3, epochs=1)  # P-ASR of every run, the benign floor
     return params
 
 
@@ -131,8 +132,12 @@ def test_snakemake_run_produces_the_study_outputs(origin):
     assert dynamics["lambda_max"].notna().all() and dynamics.loc[dynamics["kind"] == "train", "trace_h"].notna().all()
     final = dynamics[(dynamics["defense"] == "ft") & (dynamics["step"] == 5)].iloc[0]
     assert final["acc"] == pytest.approx(record["acc"]) and final["asr"] == pytest.approx(record["asr"])
-    for name in ["dynamics_training", "dynamics_purification"]:
+    for name in ["dynamics_training", "dynamics_purification", "retune"]:
         assert (origin / f"results/figures/{name}.png").stat().st_size > 1000
+    attacked = frame[frame.attack != "benign"]
+    assert attacked[["p_asr", "p_acc", "p_asr_floor"]].notna().all().all()
+    assert frame.loc[frame.attack == "benign", "p_asr"].isna().all()
+    assert "P-ASR (ASR after the re-tuning attack" in table and "The floor: the benign model re-tuned" in table
     assert "dvc.lock" in sh("git show --stat HEAD", origin)
     assert r"\begin{tabular}" in (origin / "results/tables/fashion_mnist-cnn-n50.tex").read_text()
 

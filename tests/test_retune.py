@@ -138,3 +138,37 @@ def test_params_refuse_bad_retune_settings_before_any_job():
     config["analysis"]["retune"]["enabled"] = False
     params.validate(config)  # disabled: not checked
     params.validate(params_yaml(enabled=True, poisoned=4400))
+
+
+def test_metrics_csv_joins_the_retuned_runs_and_the_floor_and_the_report_shows_them(tmp_path):
+    from backdoor import plots, tables
+    from backdoor.io import write_json
+
+    runs, tuned, floor = [], [], []
+    for attack in ("benign", "badnets"):
+        for defense in ("none", "ft"):
+            for seed in (0, 1):
+                ids = {"dataset": "toy", "model": "cnn", "attack": attack, "defense": defense, "clean_budget": 50,
+                       "seed": seed, "defense_seed": 0}
+                runs.append(tmp_path / f"{attack}-{defense}-{seed}.json")
+                write_json({**ids, "acc": 80.0 + seed, "asr": 90.0 if defense == "none" else 10.0 + seed, "ra": 5.0,
+                            "der": 50.0}, runs[-1])
+                if attack != "benign":
+                    tuned.append(tmp_path / f"t-{attack}-{defense}-{seed}.json")
+                    write_json({**ids, "p_acc": 79.0, "p_asr": 95.0 - seed, "p_ra": 1.0}, tuned[-1])
+        if attack != "benign":
+            for seed in (0, 1):
+                floor.append(tmp_path / f"f-{attack}-{seed}.json")
+                write_json({"dataset": "toy", "model": "cnn", "attack": attack, "defense": "(benign floor)",
+                            "clean_budget": 50, "seed": seed, "defense_seed": 0, "p_acc": 81.0, "p_asr": 2.0 + seed},
+                           floor[-1])
+    frame = tables.write_metrics_csv(runs, tmp_path / "metrics.csv", retune_paths=tuned, floor_paths=floor)
+    assert frame.loc[frame.attack == "benign", "p_asr"].isna().all()
+    badnets = frame[frame.attack == "badnets"]
+    assert badnets["p_asr"].tolist() == [95.0, 94.0, 95.0, 94.0] and badnets["p_asr_floor"].tolist() == [2.0, 3.0] * 2
+    report = tables.markdown_report(frame)
+    assert "P-ASR (ASR after the re-tuning attack" in report and "badnets 2.50 [2.00, 3.00]" in report
+    plain = tables.write_metrics_csv(runs, tmp_path / "plain.csv")  # without re-tuning: no extra columns
+    assert "p_asr" not in plain.columns and "P-ASR" not in tables.markdown_report(plain)
+    plots.save(plots.retune_figure(frame), [tmp_path / "retune.png"])
+    assert (tmp_path / "retune.png").stat().st_size > 10_000

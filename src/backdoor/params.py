@@ -97,7 +97,7 @@ def is_crafted(config: dict, attack: str) -> bool:
 # -- what each step reads -------------------------------------------------------------------------
 
 STEPS = ("download", "prepare", "craft", "poison", "train", "purify", "smoothness", "aggregate", "report",
-         "features", "tsne", "trace_train", "trace_purify", "measure_trace")
+         "features", "tsne", "trace_train", "trace_purify", "measure_trace", "retune", "retune_floor")
 
 
 # Settings of the machine, not of the results (a mirror of the same checksummed files, where to
@@ -123,6 +123,8 @@ def step_keys(step: str, **wc: str) -> list[str]:
         "trace_purify": ["defense_defaults", f"defenses.{wc.get('defense')}", f"models.{wc.get('model')}",
                          "precision", "figures.dynamics.purify_every"],
         "measure_trace": ["analysis.smoothness", "precision", "figures.dynamics.purification_trace_h"],
+        "retune": ["analysis.retune", "defense_defaults", f"defenses.{wc.get('defense')}", "precision"],
+        "retune_floor": ["analysis.retune", "defense_defaults", "precision"],
     }
     if step not in keys:
         raise KeyError(f"unknown step {step!r}")
@@ -159,6 +161,12 @@ def step_values(config: dict, step: str, **wc: str) -> dict:
         return {**step_values(config, "train", **wc), "every": section(config, "figures").dynamics.train_every}
     if step == "trace_purify":
         return {**step_values(config, "purify", **wc), "every": section(config, "figures").dynamics.purify_every}
+    if step == "retune":
+        return {"retune": section(config, "analysis").retune.to_dict(),
+                "clean_sampling": entry(config, "defenses", wc["defense"]).clean_sampling, **_runtime(config)}
+    if step == "retune_floor":
+        return {"retune": section(config, "analysis").retune.to_dict(),
+                "clean_sampling": section(config, "defense_defaults").clean_sampling, **_runtime(config)}
     if step == "measure_trace":
         trace_h = wc.get("kind") != "purify" or section(config, "figures").dynamics.purification_trace_h
         return {**step_values(config, "smoothness"), "trace_h": trace_h}

@@ -564,3 +564,49 @@ def dynamics_purification_figure(summary: pd.DataFrame, training: pd.DataFrame |
                    bbox_to_anchor=(0.5, -0.04))
         fig.tight_layout()
     return fig
+
+
+# -- the re-tuning attack: does a purification last? ------------------------------------------------
+
+def retune_figure(frame: pd.DataFrame, benign=BENIGN):
+    """ASR after the defense (x) against ASR after the re-tuning attack (P-ASR, y), one panel per
+    attack, a point per defense (mean, with 95% intervals); dashed: the benign model re-tuned the same
+    way (the floor), dotted: y = x."""
+    with _style():
+        if "p_asr" not in frame or frame["p_asr"].isna().all():
+            return _empty("No re-tuning measurements: analysis.retune.enabled is false.")
+        (dataset, model, budget), part = _groups(frame)[0]
+        attacks = tables.backdoor_attacks(part, benign)
+        defenses = tables.defense_order(part)
+        colors = _colors(defenses)
+        cols = min(4, len(attacks))
+        rows = -(-len(attacks) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(min(DOUBLE, 2.4 * cols + 0.6), 1.9 * rows + 0.5), squeeze=False)
+        for ax, attack in zip(axes.flat, attacks):
+            runs = part[part["attack"] == attack]
+            for d in defenses:
+                cell = runs[runs["defense"] == d]
+                if cell["p_asr"].notna().sum() == 0:
+                    continue
+                x, y = stats.interval(cell["asr"]), stats.interval(cell["p_asr"])
+                ax.errorbar(x.mean, y.mean, xerr=[[x.mean - x.lo], [x.hi - x.mean]] if x.has_interval else None,
+                            yerr=[[y.mean - y.lo], [y.hi - y.mean]] if y.has_interval else None, fmt="o",
+                            color=colors[d], ms=3, lw=0.7, capsize=1.5, label=d)
+            if runs["p_asr_floor"].notna().any():
+                ax.axhline(runs["p_asr_floor"].mean(), color="black", ls="--", lw=0.7, label="benign model (floor)")
+            ax.plot([0, 100], [0, 100], color="0.6", ls=":", lw=0.6)
+            ax.set(xlim=(-3, 103), ylim=(-3, 103), title=attack)
+            ax.grid(True, lw=0.3, alpha=0.5)
+        for ax in axes.flat[len(attacks):]:
+            ax.axis("off")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("P-ASR after re-tuning (%)")
+        for ax in axes[-1, :]:
+            ax.set_xlabel("ASR after the defense (%)")
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.suptitle(f"Does the purification last? — {_group_title(dataset, model, budget)}", x=0.01, ha="left",
+                     fontsize=7.5)
+        fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), frameon=False,
+                   bbox_to_anchor=(0.5, -0.05))
+        fig.tight_layout()
+    return fig

@@ -21,7 +21,7 @@ def _paths(value) -> list[str]:
 def write(csv_path, outputs: dict, *, figures: dict, benign=("benign",), sweeps: dict | None = None,
           sweep_params: dict | None = None, dynamics_csv=None) -> None:
     """Write what ``outputs`` names: table, html, tex, headline, data_* (plot data) and the figures
-    heatmaps, aggregate, improvement, ranks, runtime_asr, smoothness, sample_efficiency, tradeoff (each
+    heatmaps, aggregate, improvement, ranks, runtime_asr, smoothness, sample_efficiency, tradeoff, retune (each
     with ``<name>_vector``), and from ``dynamics_csv`` (results/dynamics.csv) dynamics_training and
     dynamics_purification."""
     frame = pd.read_csv(csv_path)
@@ -66,7 +66,8 @@ def write(csv_path, outputs: dict, *, figures: dict, benign=("benign",), sweeps:
               "runtime_asr": lambda: plots.runtime_figure(main, benign),
               "smoothness": lambda: plots.smoothness_figure(frame, figures["smoothness"]["defenses"], benign),
               "sample_efficiency": lambda: plots.sample_efficiency_figure(frame, se_attacks, se_defenses),
-              "tradeoff": lambda: plots.tradeoff_figure(points)}
+              "tradeoff": lambda: plots.tradeoff_figure(points),
+              "retune": lambda: plots.retune_figure(main, benign)}
     if dyn is not None:
         makers["dynamics_training"] = lambda: plots.dynamics_training_figure(tables.dynamics_summary(dyn, "train"))
         makers["dynamics_purification"] = lambda: plots.dynamics_purification_figure(

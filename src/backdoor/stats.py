@@ -39,7 +39,7 @@ RUN = ["seed", "defense_seed"]
 CONTROL = "ft"          # the natural control: plain fine-tuning on the same clean set
 UNDEFENDED = "none"
 RANK_METRIC = "der"
-HIGHER_IS_BETTER = {"acc": True, "asr": False, "ra": True, "der": True, "dacc": True}
+HIGHER_IS_BETTER = {"acc": True, "asr": False, "ra": True, "der": True, "dacc": True, "p_asr": False}
 
 
 @dataclass(frozen=True)

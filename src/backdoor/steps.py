@@ -387,3 +387,24 @@ def measure_trace(prepared_path: str, poisoned_path: str, trace_path: str, out_p
             "steps_per_epoch", "total_steps", "every")
     write_record({**{k: trace[k] for k in keys if k in trace}, "checkpoints": rows, "images": len(images),
                   "seconds": time.perf_counter() - start, **runtime_info(dev, precision)}, out_path)
+
+
+def retune(prepared_path: str, poisoned_path: str, model_path: str, out_path: str, *, ids: dict, settings: dict,
+           budget: int, seed: int, defense_seed: int, clean_sampling: str = "random", device: str = "auto",
+           precision: str = "auto") -> None:
+    """The re-tuning attack (``analysis.retune``) on one purified model, or on the benign model (the
+    floor), in run (``seed``, ``defense_seed``): P-ACC, P-ASR and P-RA."""
+    from .analysis.retune import retune_attack
+    from .device import pick_device, resolve_precision
+    from .io import load_tensors, write_record
+    from .models import load_checkpoint
+
+    prepared, poisoned = load_tensors(prepared_path), load_tensors(poisoned_path)
+    dev = pick_device(device)
+    precision = resolve_precision(precision, dev)
+    _, record = retune_attack(prepared, poisoned, load_checkpoint(model_path), budget=budget, seed=seed,
+                              defense_seed=defense_seed, settings=settings, clean_sampling=clean_sampling,
+                              device=dev, precision=precision)
+    write_record({**ids, "clean_budget": budget, "seed": seed, "defense_seed": defense_seed, **record,
+                  **runtime_info(dev, precision)}, out_path)
+    print(f"retune {ids}: P-ACC {record['p_acc']:.2f}  P-ASR {record['p_asr']:.2f}  P-RA {record['p_ra']:.2f}")

@@ -24,20 +24,37 @@ COLUMNS = KEYS + ["acc", "asr", "ra", "der", "runtime_s", "n_clean", "acc_before
 SMOOTHNESS = ["lambda_max", "trace_h", "trace_h_se"]
 GROUP = stats.GROUP  # one main table (and heatmap) per group
 METRICS = {"acc": "ACC", "asr": "ASR", "ra": "RA", "der": "DER"}
+RETUNED = {"p_asr": "P-ASR (ASR after the re-tuning attack, analysis.retune)"}
 HIGHER_IS_BETTER = stats.HIGHER_IS_BETTER
 UNDEFENDED = stats.UNDEFENDED
 
 
-def write_metrics_csv(json_paths, out_path: str | Path, smoothness_paths=()) -> pd.DataFrame:
+RETUNE = ["p_acc", "p_asr", "p_ra", "p_acc_floor", "p_asr_floor"]
+
+
+def write_metrics_csv(json_paths, out_path: str | Path, smoothness_paths=(), retune_paths=(),
+                      floor_paths=()) -> pd.DataFrame:
     """Rows in the order given (the study's order in params.yaml), which tables and figures keep;
     each run's wall-clock fields come from its ``.time.json``. ``smoothness_paths``, when given, are
-    the runs' smoothness records in the same order."""
+    the runs' smoothness records in the same order; ``retune_paths`` and ``floor_paths`` the
+    re-tuning attack's records (matched by run; the floor by attack and run), adding the RETUNE
+    columns (only then)."""
     rows = [read_record(p) for p in json_paths]
     if smoothness_paths:
         if len(smoothness_paths) != len(rows):
             raise ValueError(f"{len(smoothness_paths)} smoothness files for {len(rows)} runs")
         rows = [{**row, **{k: read_json(p)[k] for k in SMOOTHNESS}} for row, p in zip(rows, smoothness_paths)]
-    frame = pd.DataFrame([{c: row.get(c) for c in COLUMNS} for row in rows], columns=COLUMNS)
+    columns = COLUMNS
+    if retune_paths:
+        tuned = {tuple(r[k] for k in KEYS): r for r in map(read_json, retune_paths)}
+        floor_keys = [k for k in KEYS if k != "defense"]
+        floor = {tuple(r[k] for k in floor_keys): r for r in map(read_json, floor_paths)}
+        for row in rows:
+            t, f = tuned.get(tuple(row[k] for k in KEYS), {}), floor.get(tuple(row[k] for k in floor_keys), {})
+            row.update(p_acc=t.get("p_acc"), p_asr=t.get("p_asr"), p_ra=t.get("p_ra"),
+                       p_acc_floor=f.get("p_acc"), p_asr_floor=f.get("p_asr"))
+        columns = COLUMNS + RETUNE
+    frame = pd.DataFrame([{c: row.get(c) for c in columns} for row in rows], columns=columns)
     write_text(frame.to_csv(index=False, float_format="%.4f"), out_path)
     return frame
 
@@ -160,7 +177,8 @@ def run_count(part: pd.DataFrame) -> int | None:
 def per_metric(part: pd.DataFrame):
     """(metric, label, attacks, defenses, intervals, marks) per metric of one group's runs."""
     attacks, defenses = list(part["attack"].unique()), defense_order(part)
-    for metric, label in METRICS.items():
+    shown = {**METRICS, **{m: label for m, label in RETUNED.items() if m in part and part[m].notna().any()}}
+    for metric, label in shown.items():
         yield (metric, label, attacks, defenses, stats.cell_intervals(part, metric), stats.row_marks(part, metric))
 
 
@@ -210,6 +228,10 @@ def markdown_report(frame: pd.DataFrame, benign=("benign",)) -> str:
             table = pd.DataFrame(rows).T.rename_axis("attack").reset_index()
             parts.append(f"\n{label} (%) per attack (rows) and defense (columns):\n")
             parts.append(_markdown(table))
+        if "p_asr_floor" in part and part["p_asr_floor"].notna().any():
+            floor = part.drop_duplicates(["attack", "seed", "defense_seed"]).groupby("attack", sort=False)
+            cells = ", ".join(f"{a} {_cell(stats.interval(r['p_asr_floor']), 2, 'md')}" for a, r in floor)
+            parts.append(f"\nThe floor: the benign model re-tuned the same way, P-ASR per attack: {cells}.\n")
         parts.append(across_attacks_markdown(part, benign))
         parts.append(spread_markdown(part))
         parts.append("\n\nEvery cell, mean [95% interval] over its runs; seconds = wall time of the defense:\n")

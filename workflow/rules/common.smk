@@ -74,6 +74,25 @@ RUNS = [
 ]
 RUN_JSONS = [f"results/runs/{run}.json" for run in RUNS]
 RUN_TIMINGS = [f"results/runs/{run}.time.json" for run in RUNS]  # io.timing_path
+# The re-tuning attack (analysis.retune): every run of a backdoor attack, and the benign model
+# re-tuned with each attack's poisoned images, per run (the floor).
+RETUNE = PARAMS.analysis.retune.enabled
+RETUNE_BENIGN = [a for a, spec in PARAMS.attacks.items() if spec.kind == "benign"][:1]
+RETUNE_RUNS = [
+    run
+    for run, r in zip(RUNS, PARAMS.study.runs())
+    if RETUNE and PARAMS.attacks[r["attack"]].kind != "benign"
+]
+RETUNE_JSONS = [f"results/retune/runs/{run}.json" for run in RETUNE_RUNS]
+RETUNE_FLOOR_JSONS = list(
+    dict.fromkeys(
+        "results/retune/floor/{dataset}/{model}/{attack}/n{budget}_seed{seed}_d{dseed}.json".format(
+            **r
+        )
+        for r in PARAMS.study.runs()
+        if RETUNE and RETUNE_BENIGN and PARAMS.attacks[r["attack"]].kind != "benign"
+    )
+)
 # Every run's and every trained model's files are targets of `all` too: Snakemake (≥ 7.7) would
 # otherwise skip a deleted intermediate file whose consumers are up to date, where DVC remakes it.
 KEPT_OUTPUTS = [f"results/runs/{run}.pt" for run in RUNS] + [

@@ -67,6 +67,8 @@ if len(STUDY["clean_budgets"]) > 1 and SE_COLUMNS:
     REPORT_FIGURES.update(_figure("sample_efficiency", "sample_efficiency"))
 if any(len(s["defenses"]) > 1 for s in SWEEPS.values()):
     REPORT_FIGURES.update(_figure("tradeoff", "tradeoff"))
+if PARAMS.analysis.retune.enabled:
+    REPORT_FIGURES.update(_figure("retune", "retune"))
 REPORT_FIGURES.update(
     {
         **_figure("aggregate", "aggregate"),

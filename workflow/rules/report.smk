@@ -4,6 +4,8 @@ rule aggregate:
         timings=RUN_TIMINGS,
         smoothness=SMOOTHNESS_JSONS,
         dynamics=DYNAMICS_JSONS,
+        retune=RETUNE_JSONS,
+        retune_floor=RETUNE_FLOOR_JSONS,
     output:
         **DYNAMICS_CSV,
         csv="results/metrics.csv",

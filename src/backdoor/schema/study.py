@@ -127,8 +127,8 @@ class Retune(Spec):
     a purified model on the defender's clean draw plus ``poisoned`` poisoned training images of its
     attack, then score (P-ASR). Defaults: the authors' release (5 images, 5 epochs, lr 0.01)."""
 
-    enabled: bool = param(False, "re-tune every purified model and the benign model, the floor (not yet wired "
-                                 "into the DAG: today it turns on the check of `poisoned` only)")
+    enabled: bool = param(False, "re-tune every purified model of the study and, as the floor, the benign "
+                                 "model (one job each; P-ASR columns in metrics.csv, a table section)")
     poisoned: int = param(5, "k, poisoned training images of the attack added to the clean set (at most "
                              "the attack's poisoned images)", ge=0)
     epochs: int = param(5, "shuffled passes over the clean set plus the poisoned images", ge=1)
