@@ -475,11 +475,12 @@ def tsne_figure(embeddings: dict, title: str):
 
 # -- dynamics: checkpoints along training and purification (FIP's Fig. 1 and 3) --------------------
 
-DYN_PANELS = {"lambda_max": "λ_max (log)", "trace_h": "Tr(H) (log)", "acc": "ACC (%)", "asr": "ASR (%)"}
+DYN_PANELS = {"lambda_max": "λ_max (symlog)", "trace_h": "Tr(H) (symlog)", "acc": "ACC (%)", "asr": "ASR (%)"}
 
 
 def _symlog_steps(ax, xlabel: str) -> None:
     ax.set_xscale("symlog", linthresh=1, linscale=0.4)
+    ax.set_xlim(left=-0.15)  # steps are ≥ 0
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel(xlabel)
     ax.grid(True, which="major", lw=0.3, alpha=0.5)
@@ -517,8 +518,9 @@ def dynamics_training_figure(summary: pd.DataFrame):
             if per_epoch:
                 for e in range(1, int(summary["epoch"].max()) + 1):
                     ax.axvline(e * per_epoch, color="0.6", ls=":", lw=0.6)
-            if col in ("lambda_max", "trace_h"):
-                ax.set_yscale("log")
+            if col in ("lambda_max", "trace_h"):  # ≈ 0 (even slightly negative) at initialisation
+                ax.set_yscale("symlog", linthresh=1)
+                ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
             _symlog_steps(ax, "training step")
             ax.set_title(label, loc="left")
         handles, labels = axes[0].get_legend_handles_labels()

@@ -302,8 +302,9 @@ def purify(prepared_path: str, poisoned_path: str, model_path: str, model_metric
 # -- dynamics: checkpoints along training and purification, measured in separate jobs ---------------
 
 def trace_train(prepared_path: str, poisoned_path: str, trace_out: str, model_params: dict, train_params: dict,
-                seed: int, every: int, device: str = "auto", precision: str = "auto") -> None:
-    """The training of ``train`` again, keeping checkpoints every ``every`` steps (log-spaced before)."""
+                seed: int, every: int, device: str = "auto", precision: str = "auto", ids: dict | None = None) -> None:
+    """The training of ``train`` again, keeping checkpoints every ``every`` steps (log-spaced before);
+    ``ids`` (dataset, model) label the trace."""
     from .analysis.dynamics import Trace
     from .device import pick_device, resolve_precision
     from .io import load_tensors, save_tensors
@@ -321,7 +322,7 @@ def trace_train(prepared_path: str, poisoned_path: str, trace_out: str, model_pa
     trace = traces[0]
     trace.finish(model)
     steps_per_epoch = -(-len(data) // int(train_params["batch_size"]))
-    save_tensors(trace.record(model.spec, kind="train", attack=poisoned["attack"], seed=seed,
+    save_tensors(trace.record(model.spec, kind="train", **(ids or {}), attack=poisoned["attack"], seed=seed,
                               steps_per_epoch=steps_per_epoch, device=str(dev), precision=precision), trace_out)
     print(f"trace train {poisoned['attack']}: {len(trace.steps)} checkpoints over {trace.step} steps")
 

@@ -8,7 +8,8 @@ with logged(snakemake.log[0]):
     values, w, device = snakemake.params.values, snakemake.wildcards, snakemake.config.get("device", "auto")
     if snakemake.rule == "trace_train":
         steps.trace_train(snakemake.input.prepared, snakemake.input.poisoned, snakemake.output[0], values["model"],
-                          values["train"], int(w.seed), int(values["every"]), device, values["precision"])
+                          values["train"], int(w.seed), int(values["every"]), device, values["precision"],
+                          ids={"dataset": w.dataset, "model": w.model})
     else:
         steps.trace_purify(snakemake.input.prepared, snakemake.input.model, snakemake.output[0],
                            ids={"dataset": w.dataset, "model": w.model, "attack": w.attack, "defense": w.defense},
