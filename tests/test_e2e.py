@@ -379,7 +379,8 @@ def test_a_second_runner_gets_a_lock_error_and_deletes_nothing(origin, tmp_path)
     first = subprocess.Popen("dvc repro", shell=True, cwd=workspace, env=ENV, stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)
     try:
-        wait_for(lambda: "Running stage 'train@" in (tmp_path / "second.log").read_text())  # minutes to go
+        # a model being trained (the study's or a traced one, which DVC may order first): minutes to go
+        wait_for(lambda: re.search(r"Running stage '(trace_)?train@", (tmp_path / "second.log").read_text()))
         before = files(workspace)
         out = sh("snakemake --cores 1 all", workspace, ok=False)
         assert "DVC lock" in out or "LockException" in out
