@@ -360,7 +360,7 @@ def measure_trace(prepared_path: str, poisoned_path: str, trace_path: str, out_p
     from .device import autocast, pick_device, resolve_precision
     from .io import load_tensors, write_record
     from .metrics import evaluate
-    from .models import build_model
+    from .models import from_state
 
     start = time.perf_counter()
     prepared, trace = load_tensors(prepared_path), load_tensors(trace_path)
@@ -372,9 +372,7 @@ def measure_trace(prepared_path: str, poisoned_path: str, trace_path: str, out_p
     spec = trace["spec"]
     rows = []
     for step, state in zip(trace["steps"], trace["states"]):
-        model = build_model(spec["arch"], spec["in_channels"], spec["num_classes"], spec["mean"], spec["std"],
-                            **spec["arch_params"])
-        model.load_state_dict(state)
+        model = from_state(spec, state)
         with autocast(precision, dev):
             scores = evaluate(model.to(dev), clean_test, triggered)
         sharp = measure(model, images, labels, power_iterations=int(settings["power_iterations"]),

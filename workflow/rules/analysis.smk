@@ -45,7 +45,7 @@ rule retune_floor:
     input:
         prepared="data/prepared/{dataset}.pt",
         poisoned="data/poisoned/{dataset}/{attack}.pt",
-        model=lambda w: f"results/models/{w.dataset}/{w.model}/{RETUNE_BENIGN[0]}/seed{w.seed}.pt",
+        model=lambda w: f"results/models/{w.dataset}/{w.model}/{BENIGN_ID[0]}/seed{w.seed}.pt",
     output:
         metrics="results/retune/floor/{dataset}/{model}/{attack}/n{budget}_seed{seed}_d{dseed}.json",
         timing="results/retune/floor/{dataset}/{model}/{attack}/n{budget}_seed{seed}_d{dseed}.time.json",

@@ -77,7 +77,8 @@ RUN_TIMINGS = [f"results/runs/{run}.time.json" for run in RUNS]  # io.timing_pat
 # The re-tuning attack (analysis.retune): every run of a backdoor attack, and the benign model
 # re-tuned with each attack's poisoned images, per run (the floor).
 RETUNE = PARAMS.analysis.retune.enabled
-RETUNE_BENIGN = [a for a, spec in PARAMS.attacks.items() if spec.kind == "benign"][:1]
+# The first attack id of kind benign: the clean model the dynamics and the re-tuning floor use.
+BENIGN_ID = [a for a, spec in PARAMS.attacks.items() if spec.kind == "benign"][:1]
 RETUNE_RUNS = [
     run
     for run, r in zip(RUNS, PARAMS.study.runs())
@@ -90,7 +91,7 @@ RETUNE_FLOOR_JSONS = list(
             **r
         )
         for r in PARAMS.study.runs()
-        if RETUNE and RETUNE_BENIGN and PARAMS.attacks[r["attack"]].kind != "benign"
+        if RETUNE and BENIGN_ID and PARAMS.attacks[r["attack"]].kind != "benign"
     )
 )
 # Every run's and every trained model's files are targets of `all` too: Snakemake (≥ 7.7) would

@@ -2,11 +2,10 @@
 # checkpoints, and every checkpoint scored in a later job; results/dynamics.csv feeds the figures.
 DYN = FIGS["dynamics"]
 DYN_FIRST = {k: FIRST[k] for k in ("dataset", "model", "budget", "dseed")}
-DYN_BENIGN = [a for a, spec in PARAMS.attacks.items() if spec.kind == "benign"][:1]
 DYN_TRAIN = (
     [
         "{dataset}/{model}/{attack}/seed{seed}".format(**DYN_FIRST, attack=a, seed=s)
-        for a in [*DYN_BENIGN, *DYN["attacks"]]
+        for a in [*BENIGN_ID, *DYN["attacks"]]
         for s in DYN["seeds"]
     ]
     if DYN["attacks"]

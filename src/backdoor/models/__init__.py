@@ -49,9 +49,14 @@ def load_checkpoint(path: str | Path, expect_arch: str | None = None) -> Classif
     if expect_arch is not None and spec["arch"] != expect_arch:
         raise ValueError(f"{path} holds a {spec['arch']!r} model, but {expect_arch!r} was asked for: "
                          "check models.<id>.type in params.yaml or retrain that model.")
+    return from_state(spec, ckpt["state_dict"])
+
+
+def from_state(spec: dict, state_dict: dict) -> Classifier:
+    """The model a checkpoint's ``spec`` describes, holding ``state_dict``."""
     model = build_model(spec["arch"], spec["in_channels"], spec["num_classes"], spec["mean"],
                         spec["std"], **spec["arch_params"])
-    model.load_state_dict(ckpt["state_dict"])
+    model.load_state_dict(state_dict)
     return model
 
 
