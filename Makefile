@@ -10,7 +10,8 @@ BIN := $(if $(findstring /,$(PYTHON)),$(abspath $(dir $(PYTHON))))
 export PATH := $(if $(BIN),$(BIN):)$(PATH)
 
 .PHONY: setup study test test-fast lint schema docs dvc.yaml status verify publish fetch-results figures bench clean \
-	study-cause study-cifar10 study-full study-released study-paper study-variance study-dynamics setup-slurm test-slurm
+	study-cause study-cifar10 study-full study-released study-paper study-variance study-dynamics study-poison-rate \
+	setup-slurm test-slurm
 
 setup:  ## install system + Python dependencies into .venv (idempotent)
 	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
@@ -80,6 +81,9 @@ study-variance: setup  ## where a cell's spread comes from: badnets × 3 trainin
 
 study-dynamics: setup  ## checkpoints along training and purification: FIP's Fig. 1 and 3 on badnets and blend (profiles/dynamics.yaml)
 	snakemake --cores $(CORES) all --configfile profiles/dynamics.yaml  # Snakemake only: dvc.yaml follows params.yaml
+
+study-poison-rate: setup  ## poisoning rates 0–20% on badnets, blend and sig, FT, FST and the seed methods, P-ASR (profiles/poison_rate.yaml)
+	snakemake --cores $(CORES) all --configfile profiles/poison_rate.yaml  # Snakemake only: dvc.yaml follows params.yaml
 
 study-released: setup  ## the seed methods next to their released twins on badnets and blend (profiles/released.yaml)
 	snakemake --cores $(CORES) all --configfile profiles/released.yaml  # Snakemake only: dvc.yaml follows params.yaml

@@ -57,7 +57,15 @@ def tiny(params: dict) -> dict:
     # checkpoints along the benign and badnets trainings (5 steps) and FT's and FMP's purifications
     params["figures"]["dynamics"].update(attacks=["badnets"], defenses=["ft"], train_every=3, purify_every=2)
     params["analysis"]["retune"].update(enabled=True, poisoned=3, epochs=1)  # P-ASR of every run, the benign floor
+    # a reduced poisoning-rate study (profiles/poison_rate.yaml): badnets at 0 (the benign model) and 20%
+    params["attacks"].update(badnets_r0={"type": "benign", "probe": "badnets"},
+                             badnets_r20={"type": "badnets", "poison_rate": 0.2})
+    params["study"]["attacks"] += RATE_PAIR
+    params["study"]["skip"].append({"attacks": RATE_PAIR, "defenses": ["ft", "fmp"]})  # the undefended models
     return params
+
+
+RATE_PAIR = ["badnets_r0", "badnets_r20"]
 
 
 def nothing_to_do(cwd: Path) -> bool:
@@ -108,7 +116,7 @@ def origin(tmp_path_factory):
 
 def test_snakemake_run_produces_the_study_outputs(origin):
     frame = pd.read_csv(origin / "results/metrics.csv")
-    assert len(frame) == 3 * 3 + 1  # trojan × ft, fmp are skipped
+    assert len(frame) == 3 * 3 + 1 + 2  # trojan and the rate pair × ft, fmp are skipped
     for column in ["dataset", "model", "attack", "defense", "seed", "defense_seed", "acc", "asr", "ra", "der",
                    "runtime_s", "n_clean", "precision", "threads", "lambda_max", "trace_h"]:
         assert column in frame.columns
@@ -134,9 +142,14 @@ def test_snakemake_run_produces_the_study_outputs(origin):
     assert final["acc"] == pytest.approx(record["acc"]) and final["asr"] == pytest.approx(record["asr"])
     for name in ["dynamics_training", "dynamics_purification", "retune"]:
         assert (origin / f"results/figures/{name}.png").stat().st_size > 1000
-    attacked = frame[frame.attack != "benign"]
+    attacked = frame[~frame.attack.isin(["benign", "badnets_r0"])]
     assert attacked[["p_asr", "p_acc", "p_asr_floor"]].notna().all().all()
-    assert frame.loc[frame.attack == "benign", "p_asr"].isna().all()
+    assert frame.loc[frame.attack.isin(["benign", "badnets_r0"]), "p_asr"].isna().all()
+    # the rate pair: ASR and P-ASR against the rate, and the SoK checklist (no sweep: no stability table)
+    assert (origin / "results/figures/poison_rate.png").stat().st_size > 1000
+    checklist = (origin / "results/tables/checklist.md").read_text()
+    assert "benign models: benign, badnets_r0" in checklist and "| ft |" in checklist
+    assert not (origin / "results/tables/stability.md").exists()
     assert "P-ASR (ASR after the re-tuning attack" in table and "The floor: the benign model re-tuned" in table
     assert "dvc.lock" in sh("git show --stat HEAD", origin)
     assert r"\begin{tabular}" in (origin / "results/tables/fashion_mnist-cnn-n50.tex").read_text()
@@ -194,7 +207,7 @@ def test_dvc_repro_from_scratch_gives_the_same_bytes_and_snakemake_agrees(origin
     sh("dvc repro --no-run-cache", consumer, timeout=1800)  # compute everything, one stage at a time
     assert nothing_to_do(consumer)
     frame = pd.read_csv(consumer / "results/metrics.csv")
-    assert len(frame) == 10
+    assert len(frame) == 12
     ours, theirs = locked_outs(consumer), locked_outs(origin)
     assert ours.keys() == theirs.keys()
     differ = {path for path in ours if ours[path] != theirs[path]}

@@ -133,11 +133,10 @@ def test_status_summary_has_one_line_per_stage_template():
         "report: 1 of 1 entry changed: deps modified src/backdoor/plots.py; command"]
 
 
-@pytest.mark.parametrize("device, gpu", [("cuda", "1"), ("cpu", "0")])
-def test_torch_jobs_claim_a_gpu_where_the_study_uses_one(device, gpu):
-    """`--resources gpu=1` then never runs two torch jobs on one GPU; light rules claim none."""
-    out = subprocess.run(["snakemake", "-n", "--cores", "8", "--resources", "gpu=1", "--config", f"device={device}",
-                          "--", "all"], cwd=ROOT, capture_output=True, text=True)
+def planned_claims(*args: str, resource: str = "gpu") -> dict[str, set]:
+    """rule → the values of ``resource`` its jobs claim in `snakemake -n <args> all` (None: no claim)."""
+    out = subprocess.run(["snakemake", "-n", "--cores", "8", *args, "--", "all"], cwd=ROOT, capture_output=True,
+                         text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     claims: dict[str, set] = {}
     for block in re.split(r"\n\[\w{3} \w{3} ", out.stdout + out.stderr):  # each job block starts with its date
@@ -145,9 +144,36 @@ def test_torch_jobs_claim_a_gpu_where_the_study_uses_one(device, gpu):
                      if line.startswith(("rule ", "localrule "))), None)
         resources = next((line for line in block.splitlines() if line.strip().startswith("resources:")), "")
         if rule:
-            claims.setdefault(rule, set()).add(next((r.split("=")[1] for r in resources.split(", ")
-                                                     if r.startswith("gpu=")), None))
+            claims.setdefault(rule, set()).add(next((r.split("=")[1] for r in resources.strip().split(", ")
+                                                     if r.startswith(f"{resource}=")), None))
+    return claims
+
+
+@pytest.mark.parametrize("device, gpu", [("cuda", "1"), ("cpu", "0")])
+def test_torch_jobs_claim_a_gpu_where_the_study_uses_one(device, gpu):
+    """`--resources gpu=1` then never runs two torch jobs on one GPU; light rules claim none."""
+    claims = planned_claims("--resources", "gpu=1", "--config", f"device={device}")
     for rule in ("train", "purify", "features"):  # craft and smoothness share their TORCH_RESOURCES
         assert claims[rule] == {gpu}, (rule, claims[rule])
     for rule in ("download", "prepare", "poison", "aggregate", "report", "tsne"):
         assert claims[rule] == {None}, (rule, claims[rule])
+
+
+def test_gpu_slots_by_memory_pack_jobs_and_become_slurm_shards(tmp_path):
+    """params.yaml gpu.<job>_mb: each torch job claims gpu_mem_mb, and a per-GPU budget plans (several
+    jobs fit in it); with gpu.shard_mb they ask SLURM for GRES shards instead of a whole GPU."""
+    gpu = yaml.safe_load((ROOT / "params.yaml").read_text())["gpu"]
+    claims = planned_claims("--resources", "gpu_mem_mb=16000", "--config", "device=cuda", resource="gpu_mem_mb")
+    assert claims["train"] == {str(gpu["train_mb"])} and claims["purify"] == {str(gpu["purify_mb"])}
+    assert claims["features"] == {str(gpu["other_mb"])}
+    assert 16000 // gpu["purify_mb"] >= 2  # the budget the docs use packs several purify jobs per GPU
+    for rule in ("download", "prepare", "poison", "aggregate", "report"):
+        assert claims[rule] == {None}, (rule, claims[rule])
+    assert planned_claims("--config", "device=cpu", resource="gpu_mem_mb")["purify"] == {"0"}
+    sharded = tmp_path / "shards.yaml"  # a profile, as --configfile (--config would pass 1000 as a string)
+    sharded.write_text("device: cuda\ngpu: {shard_mb: 1000}\n")
+    shards = planned_claims("--configfile", str(sharded), resource="gres")
+    assert shards["train"] == {f"shard:{-(-gpu['train_mb'] // 1000)}"}
+    assert shards["purify"] == {f"shard:{-(-gpu['purify_mb'] // 1000)}"} and shards["prepare"] == {None}
+    whole = planned_claims("--configfile", str(sharded))
+    assert whole["purify"] == {"0"}  # no --gpus=1 beside the shards (the SLURM plugin refuses both)

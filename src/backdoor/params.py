@@ -102,7 +102,7 @@ STEPS = ("download", "prepare", "craft", "poison", "train", "purify", "smoothnes
 
 # Settings of the machine, not of the results (a mirror of the same checksummed files, where to
 # compute): never a rerun trigger, so in no step's keys; jobs read them from the config directly.
-MACHINE_LOCAL = ("data", "device")
+MACHINE_LOCAL = ("data", "device", "gpu")
 
 
 def step_keys(step: str, **wc: str) -> list[str]:

@@ -612,3 +612,69 @@ def retune_figure(frame: pd.DataFrame, benign=BENIGN):
                    bbox_to_anchor=(0.5, -0.05))
         fig.tight_layout()
     return fig
+
+
+# -- poisoning rates: ASR and P-ASR against the rate ---------------------------------------------------
+
+CLEAN_LABEL_FAMILIES = ("sig", "lc")  # their ids' rate is the share of the target class (profiles/poison_rate.yaml)
+
+def poison_rate_figure(frame: pd.DataFrame):
+    """ASR (top) and P-ASR (bottom, when re-tuned) against the poisoning rate, a panel per attack family,
+    a line per defense: mean over runs with 95% intervals; the x axis is categorical (0 = the benign
+    model). Dashed black: the benign model re-tuned with that rate's images (the floor)."""
+    summary = tables.poison_rate_summary(frame)
+    with _style():
+        if summary.empty:
+            return _empty("No rate-swept attacks (ids <family>_r<rate>) in metrics.csv.")
+        first = summary[["dataset", "model", "clean_budget"]].iloc[0]
+        part = summary[(summary[["dataset", "model", "clean_budget"]] == first).all(axis=1)]
+        families = list(part["family"].unique())
+        defenses = tables.defense_order(part)
+        colors = _colors([d for d in defenses if d != stats.UNDEFENDED])
+        colors[stats.UNDEFENDED] = "0.45"
+        metrics = [("asr", "ASR after the defense (%)")]
+        if part["p_asr"].notna().any():
+            metrics.append(("p_asr", "P-ASR after re-tuning (%)"))
+        fig, axes = plt.subplots(len(metrics), len(families), figsize=(DOUBLE, 2.1 * len(metrics) + 0.7),
+                                 squeeze=False, sharey=True)
+        width = 0.5 / max(1, len(defenses))
+        for j, family in enumerate(families):
+            rates = sorted(part.loc[part["family"] == family, "rate"].unique())
+            pos = {r: k for k, r in enumerate(rates)}
+            for i, (metric, label) in enumerate(metrics):
+                ax = axes[i][j]
+                fam = part[part["family"] == family]
+                for k, d in enumerate(defenses):
+                    cell = fam[(fam["defense"] == d) & fam[metric].notna()].sort_values("rate")
+                    if cell.empty:
+                        continue
+                    x = cell["rate"].map(pos).to_numpy() + (k - (len(defenses) - 1) / 2) * width
+                    y = cell[metric].to_numpy()
+                    err = np.vstack([y - cell[f"{metric}_lo"].fillna(cell[metric]),
+                                     cell[f"{metric}_hi"].fillna(cell[metric]) - y])
+                    ax.errorbar(x, y, yerr=err, fmt="o", color=colors[d], ms=2.5, lw=0.8, elinewidth=0.6,
+                                capsize=1, ls="--" if d == stats.UNDEFENDED else "-", label=d)
+                if metric == "p_asr":
+                    floor = fam.groupby("rate", sort=True)["p_asr_floor"].mean().dropna()
+                    if len(floor):
+                        ax.plot(floor.index.map(pos), floor.to_numpy(), color="black", ls="--", lw=0.8,
+                                marker="_", label="benign model re-tuned (floor)")
+                ax.set_xticks(range(len(rates)), [f"{r:g}" for r in rates])
+                ax.set(xlim=(-0.5, len(rates) - 0.5), ylim=(-4, 104))
+                ax.grid(True, lw=0.3, alpha=0.5)
+                if i == 0:
+                    ax.set_title(family + (" (% of the target class)" if family in CLEAN_LABEL_FAMILIES else ""))
+                if i == len(metrics) - 1:
+                    ax.set_xlabel("poisoning rate (%)")
+                if j == 0:
+                    ax.set_ylabel(label)
+        handles = {}
+        for ax in axes.flat:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(lab, h)
+        fig.suptitle(f"ASR and P-ASR against the poisoning rate — {_group_title(*first)}\n"
+                     f"mean over runs, 95% intervals; rate 0 = the benign model", x=0.01, ha="left", fontsize=7.5)
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(6, len(handles)),
+                   frameon=False, bbox_to_anchor=(0.5, -0.07 if len(metrics) > 1 else -0.12))
+        fig.tight_layout()
+    return fig

@@ -21,9 +21,9 @@ def _paths(value) -> list[str]:
 def write(csv_path, outputs: dict, *, figures: dict, benign=("benign",), sweeps: dict | None = None,
           sweep_params: dict | None = None, dynamics_csv=None) -> None:
     """Write what ``outputs`` names: table, html, tex, headline, data_* (plot data) and the figures
-    heatmaps, aggregate, improvement, ranks, runtime_asr, smoothness, sample_efficiency, tradeoff, retune (each
-    with ``<name>_vector``), and from ``dynamics_csv`` (results/dynamics.csv) dynamics_training and
-    dynamics_purification."""
+    heatmaps, aggregate, improvement, ranks, runtime_asr, smoothness, sample_efficiency, tradeoff, retune,
+    poison_rate (each with ``<name>_vector``), and from ``dynamics_csv`` (results/dynamics.csv) dynamics_training
+    and dynamics_purification; the Markdown tables stability and checklist."""
     frame = pd.read_csv(csv_path)
     benign = tuple(benign)
     sweeps, sweep_params = sweeps or {}, sweep_params or {}
@@ -58,6 +58,10 @@ def write(csv_path, outputs: dict, *, figures: dict, benign=("benign",), sweeps:
     for key, make in data.items():
         if key in outputs:
             write_text(make().to_csv(index=False, float_format="%.4f"), outputs[key])
+    if "stability" in outputs:
+        write_text(tables.stability_markdown(frame, sweeps, benign), outputs["stability"])
+    if "checklist" in outputs:
+        write_text(tables.checklist_markdown(frame, benign, sweeps, variants), outputs["checklist"])
 
     makers = {"heatmaps": lambda: plots.heatmap_figure(main),
               "aggregate": lambda: plots.aggregate_figure(main, benign),
@@ -67,7 +71,8 @@ def write(csv_path, outputs: dict, *, figures: dict, benign=("benign",), sweeps:
               "smoothness": lambda: plots.smoothness_figure(frame, figures["smoothness"]["defenses"], benign),
               "sample_efficiency": lambda: plots.sample_efficiency_figure(frame, se_attacks, se_defenses),
               "tradeoff": lambda: plots.tradeoff_figure(points),
-              "retune": lambda: plots.retune_figure(main, benign)}
+              "retune": lambda: plots.retune_figure(main, benign),
+              "poison_rate": lambda: plots.poison_rate_figure(main)}
     if dyn is not None:
         makers["dynamics_training"] = lambda: plots.dynamics_training_figure(tables.dynamics_summary(dyn, "train"))
         makers["dynamics_purification"] = lambda: plots.dynamics_purification_figure(

@@ -303,3 +303,34 @@ def rank_table(part: pd.DataFrame, benign=("benign",)) -> pd.DataFrame | None:
         "friedman_p": rank.friedman_p,
         "separated_from": [" ".join(o for o in order.index if o != d and rank.pairwise_p.at[d, o] < 0.05)
                            for d in order.index]})
+
+
+# -- hyperparameter stability (issue 24; docs/results/lasting.md) ---------------------------------
+
+STABILITY_METRICS = ("asr", "acc")
+
+
+def stability(part: pd.DataFrame, sweeps: dict, benign=("benign",)) -> pd.DataFrame:
+    """Per swept method of one group: the mean absolute difference (MAD, points) of ASR and ACC between
+    each other value of its knob and the study's value (the method's own id), on the same run and
+    attack; averaged over the values, then over runs × the backdoor attacks every value ran, with a
+    stratified bootstrap interval (runs resampled within each attack). Lower = more stable.
+    ``sweeps``: {method: {knob, defenses}} (figures.tradeoff, the method's id first)."""
+    rows = []
+    for method, sweep in sweeps.items():
+        ids = [d for d in sweep["defenses"] if d in set(part["defense"])]
+        variants = [d for d in ids if d != method]
+        if method not in ids or not variants:
+            continue
+        attacks = common_attacks(part, ids, benign)
+        row = {"method": method, "knob": sweep["knob"], "values": len(variants) + 1, "attacks": " ".join(attacks)}
+        for metric in STABILITY_METRICS:
+            base = score_matrix(part, method, metric, attacks)
+            diffs = [(score_matrix(part, d, metric, attacks) - base).abs() for d in variants]
+            mad = sum(diffs[1:], diffs[0]) / len(diffs)
+            iv = stratified(mad.dropna(), mean_all)
+            row.update({f"mad_{metric}": iv.mean, f"mad_{metric}_lo": iv.lo, f"mad_{metric}_hi": iv.hi})
+            row["runs"] = iv.n
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["method", "knob", "values", "attacks", "runs"] + [
+        f"mad_{m}{s}" for m in STABILITY_METRICS for s in ("", "_lo", "_hi")])

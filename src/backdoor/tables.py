@@ -9,6 +9,7 @@ Percentages are in 0–100. Figures and tables read only this file (and the figu
 from __future__ import annotations
 
 import html
+import re
 
 from pathlib import Path
 
@@ -427,3 +428,121 @@ def html_report(frame: pd.DataFrame) -> str:
                     for a, cells in rows.items()]
             parts.append(f"<h3>{label} (%)</h3><table>" + head + "".join(body) + "</table>")
     return "\n".join(parts + ["</body></html>"]) + "\n"
+
+
+# -- does a purification last? poisoning rates, stability, the SoK's checklist (docs/results/lasting.md)
+
+RATE_ID = re.compile(r"^(?P<family>.+)_r(?P<rate>\d+(?:p\d+)?)$")
+
+
+def rate_sweep(attacks) -> dict[str, dict[str, float]]:
+    """{family: {attack id: rate in percent}} for ids named ``<family>_r<rate>`` ("p" for the decimal
+    point: badnets_r0p5 = 0.5%), in the given order; only families with two or more rates."""
+    out: dict[str, dict[str, float]] = {}
+    for attack in attacks:
+        m = RATE_ID.match(str(attack))
+        if m:
+            out.setdefault(m["family"], {})[attack] = float(m["rate"].replace("p", "."))
+    return {f: ids for f, ids in out.items() if len(set(ids.values())) > 1}
+
+
+def poison_rate_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean [95% interval] of ASR and P-ASR per group, family, rate and defense (rate-swept ids only),
+    and the floor's mean P-ASR (the benign model re-tuned with that attack's images)."""
+    sweep = rate_sweep(frame["attack"].unique())
+    rows = []
+    for (dataset, model, budget), part in _groups(frame):
+        for family, ids in sweep.items():
+            for attack, rate in sorted(ids.items(), key=lambda kv: kv[1]):
+                runs = part[part["attack"] == attack]
+                for defense, cell in runs.groupby("defense", sort=False):
+                    row = dict(dataset=dataset, model=model, clean_budget=budget, family=family, rate=rate,
+                               attack=attack, defense=defense)
+                    for metric in ("asr", "p_asr", "p_asr_floor"):
+                        iv = stats.interval(cell[metric]) if metric in cell else stats.interval([])
+                        row.update({metric: iv.mean, f"{metric}_lo": iv.lo, f"{metric}_hi": iv.hi})
+                    row["runs"] = len(cell)
+                    rows.append(row)
+    return pd.DataFrame(rows)
+
+
+STABILITY_NOTE = (
+    "Hyperparameter stability, after the SoK's Mean Absolute Difference score (Abad et al., \"SoK: The "
+    "Last Line of Defense: On Backdoor Defense Evaluation\", arXiv 2511.13143, 2025). Its exact formula "
+    "could not be read here, so this is the study's stated substitute, *MAD from the study's value*: per "
+    "method, the mean over the other values of its knob (figures.tradeoff) of |metric(value) − "
+    "metric(study's value)| on the same run and attack, in points, then the mean over runs × the backdoor "
+    "attacks every value ran, with a stratified 95% bootstrap interval (runs resampled within each "
+    "attack). 0 = the knob changes nothing; lower is more stable.")
+
+
+def stability_markdown(frame: pd.DataFrame, sweeps: dict, benign=("benign",)) -> str:
+    """results/tables/stability.md: MAD of ASR and ACC per swept method and group."""
+    parts = ["# Hyperparameter stability\n", STABILITY_NOTE + "\n"]
+    for (dataset, model, budget), part in _groups(frame):
+        table = stats.stability(part, sweeps, benign)
+        if table.empty:
+            continue
+        parts.append(f"\n## {dataset} · {model} · clean budget {budget}\n")
+        parts.append(_markdown(pd.DataFrame({
+            "method": table["method"], "knob (values)": [f"{k} ({v})" for k, v in zip(table["knob"], table["values"])],
+            "MAD of ASR (points)": [_iv_text(r.mad_asr, r.mad_asr_lo, r.mad_asr_hi, 2) for r in table.itertuples()],
+            "MAD of ACC (points)": [_iv_text(r.mad_acc, r.mad_acc_lo, r.mad_acc_hi, 2) for r in table.itertuples()],
+            "attacks": [a or "—" for a in table["attacks"]], "runs": table["runs"]})))
+        parts.append("")
+    return "\n".join(parts) + "\n"
+
+
+CHECKLIST_NOTE = (
+    "The SoK's checklist (Abad et al., arXiv 2511.13143) per method, every column from metrics.csv; lower "
+    "is better in each. **ACC drop**: the benign model's ACC before minus after the defense (points; "
+    "benign-model behaviour). **ASR**, **P-ASR**: mean over runs × the backdoor attacks every method ran, "
+    "right after the defense and after the re-tuning attack (analysis.retune). **Stability**: MAD of ASR "
+    "from the study's value as its knob sweeps (`stability.md`). **Seconds**: wall time of one "
+    "purification job, over all its runs and attacks. Intervals: 95% bootstrap over runs, stratified by "
+    "attack; — = the study has no data for the column.")
+
+
+def _stratified_cell(part: pd.DataFrame, defense: str, metric: str, attacks) -> str:
+    if metric not in part or not attacks or part.loc[part["defense"] == defense, metric].isna().all():
+        return "—"
+    m = stats.score_matrix(part, defense, metric, attacks)
+    return _cell(stats.stratified(m, stats.mean_all), 2, "md") if len(m) else "—"
+
+
+def checklist(part: pd.DataFrame, benign=("benign",), stability: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One group's checklist: a row per defense (study order), the columns of CHECKLIST_NOTE as text."""
+    part = part.assign(acc_drop=part["acc_before"] - part["acc"])
+    attacks = common_attacks(part, benign)
+    clean = [a for a in part["attack"].unique() if a in set(benign)]
+    mad = {} if stability is None else {r.method: _iv_text(r.mad_asr, r.mad_asr_lo, r.mad_asr_hi, 2)
+                                        for r in stability.itertuples()}
+    rows = []
+    for defense in defense_order(part):
+        runs = part[part["defense"] == defense]
+        rows.append({"defense": defense,
+                     "ACC drop on the benign model": _stratified_cell(part, defense, "acc_drop",
+                                                                      [a for a in clean if a in set(runs["attack"])]),
+                     "ASR (%)": _stratified_cell(part, defense, "asr", attacks),
+                     "P-ASR (%)": _stratified_cell(part, defense, "p_asr", attacks),
+                     "stability: MAD of ASR": mad.get(defense, "—"),
+                     "seconds per job": _cell(stats.stratified(stats.score_matrix(
+                         part, defense, "runtime_s", list(runs["attack"].unique())), stats.mean_all), 1, "md"),
+                     "runs": int(runs[stats.RUN].drop_duplicates().shape[0])})
+    return pd.DataFrame(rows)
+
+
+def checklist_markdown(frame: pd.DataFrame, benign=("benign",), sweeps: dict | None = None,
+                       variants=()) -> str:
+    """results/tables/checklist.md: the checklist per group; ``variants`` (swept ids) feed only stability."""
+    parts = ["# The SoK's checklist per method\n", CHECKLIST_NOTE + "\n"]
+    for (dataset, model, budget), part in _groups(frame):
+        table = stats.stability(part, sweeps or {}, benign)
+        main = part[~part["defense"].isin(set(variants))]
+        parts.append(f"\n## {dataset} · {model} · clean budget {budget}\n")
+        attacks = common_attacks(main, benign)
+        parts.append(f"Backdoor attacks: {', '.join(attacks) or '—'}; benign models: "
+                     f"{', '.join(a for a in main['attack'].unique() if a in set(benign)) or '—'}.\n")
+        parts.append(_markdown(checklist(main, benign, table)))
+        parts.append("")
+    return "\n".join(parts) + "\n"

@@ -33,7 +33,7 @@ rule retune:
         STUDY_ENV
     threads: JOB_THREADS
     resources:
-        **TORCH_RESOURCES,
+        **torch_resources("purify"),
     params:
         values=step_params("retune"),
         code=code_params("retune"),
@@ -55,7 +55,7 @@ rule retune_floor:
         STUDY_ENV
     threads: JOB_THREADS
     resources:
-        **TORCH_RESOURCES,
+        **torch_resources("purify"),
     params:
         values=step_params("retune_floor"),
         code=code_params("retune_floor"),

@@ -51,7 +51,7 @@ rule train:
         STUDY_ENV
     threads: JOB_THREADS
     resources:
-        **TORCH_RESOURCES,
+        **torch_resources("train"),
     params:
         values=step_params("train"),
         code=code_params("train"),

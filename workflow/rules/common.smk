@@ -1,4 +1,5 @@
 # Shared helpers: params.yaml checked and resolved, the study matrix, the params each step depends on.
+import json
 import os
 from pathlib import Path
 
@@ -31,7 +32,22 @@ os.environ.update(
 # study runs on one, so `snakemake --cores 8 --resources gpu=1` never puts two jobs on one GPU and
 # the SLURM executor asks for one per job; memory and minutes are what the cluster reserves
 # (profiles/slurm overrides them per rule). Light rules (download, aggregate, report) stay local.
-TORCH_RESOURCES = dict(gpu=int(P.uses_gpu(PARAMS.device)), mem_mb=8000, runtime=120)
+# GPU slots by memory (params.yaml `gpu:`): each also claims `gpu_mem_mb`, so `--resources
+# gpu_mem_mb=<MB per GPU>` (without gpu=1) packs jobs onto one GPU; with `gpu.shard_mb` a job asks
+# SLURM for GRES shards (--gres=shard:N) instead of a whole GPU, and SLURM packs them (docs/scaling.md).
+USES_GPU = P.uses_gpu(PARAMS.device)
+
+
+def torch_resources(job="other"):
+    """The resources of a torch job of class `job` (train, purify or other: params.yaml gpu.<job>_mb)."""
+    claim = getattr(PARAMS.gpu, f"{job}_mb") if USES_GPU else 0
+    resources = dict(gpu=int(USES_GPU), gpu_mem_mb=claim, mem_mb=8000, runtime=120)
+    if USES_GPU and PARAMS.gpu.shard_mb:
+        resources.update(gpu=0, gres=f"shard:{-(-claim // PARAMS.gpu.shard_mb)}")
+    return resources
+
+
+TORCH_RESOURCES = torch_resources()
 DATA_RESOURCES = dict(mem_mb=8000, runtime=30)  # prepare, poison: no model, no GPU
 
 
@@ -109,3 +125,38 @@ SMOOTHNESS_JSONS = (
     if PARAMS.analysis.smoothness.enabled
     else []
 )
+
+
+# A json output that does not parse (a truncated write, a full disk, an editor) is damaged. DVC sees
+# its hash change and reruns the stage; Snakemake compares only times and would redo just the
+# tables. So the main process dates each damaged file back to 1970 (its bytes untouched): older than
+# its inputs, its job is remade, and `snakemake -n all`, `dvc status` and `make study` agree.
+def unreadable(paths):
+    bad = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                json.load(f)
+        except FileNotFoundError:
+            continue  # missing outputs: Snakemake's own business
+        except (OSError, ValueError):
+            bad.append(path)
+    return bad
+
+
+DAMAGED_JSONS = unreadable(
+    RUN_JSONS
+    + RUN_TIMINGS
+    + [p for p in KEPT_OUTPUTS if p.endswith(".json")]
+    + [p.replace(".json", ".time.json") for p in KEPT_OUTPUTS if p.endswith(".json")]
+    + SMOOTHNESS_JSONS
+    + RETUNE_JSONS
+    + RETUNE_FLOOR_JSONS
+)
+if DAMAGED_JSONS and workflow.is_main_process:
+    logger.warning(
+        f"Snakefile: {len(DAMAGED_JSONS)} output(s) are not valid JSON ({', '.join(DAMAGED_JSONS[:3])}"
+        f"{' …' if len(DAMAGED_JSONS) > 3 else ''}); their jobs are remade"
+    )
+    for path in DAMAGED_JSONS:
+        os.utime(path, (0, 0))

@@ -14,7 +14,7 @@ rule purify:
         STUDY_ENV
     threads: JOB_THREADS
     resources:
-        **TORCH_RESOURCES,
+        **torch_resources("purify"),
     params:
         values=step_params("purify"),
         code=code_params("purify"),

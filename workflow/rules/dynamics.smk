@@ -58,7 +58,7 @@ rule trace_train:
         STUDY_ENV
     threads: JOB_THREADS
     resources:
-        **TORCH_RESOURCES,
+        **torch_resources("train"),
     params:
         values=step_params("trace_train"),
         code=code_params("trace_train"),
@@ -78,7 +78,7 @@ rule trace_purify:
         STUDY_ENV
     threads: JOB_THREADS
     resources:
-        **TORCH_RESOURCES,
+        **torch_resources("purify"),
     params:
         values=step_params("trace_purify"),
         code=code_params("trace_purify"),

@@ -2,6 +2,8 @@
 # every figure and table is in `snakemake --report report.html`, captioned from params.yaml.
 import subprocess
 
+from backdoor.tables import rate_sweep
+
 STUDY = PARAMS.study.to_dict()
 FIGS = PARAMS.figures.to_dict()
 BENIGN = [a for a in STUDY["attacks"] if PARAMS.attacks[a].kind == "benign"]
@@ -69,6 +71,17 @@ if any(len(s["defenses"]) > 1 for s in SWEEPS.values()):
     REPORT_FIGURES.update(_figure("tradeoff", "tradeoff"))
 if PARAMS.analysis.retune.enabled:
     REPORT_FIGURES.update(_figure("retune", "retune"))
+# Does a purification last (docs/results/lasting.md): rate-swept attack ids (<family>_r<rate>), swept
+# defense ids, P-ASR; each table and figure only when the study has its data.
+RATE_SWEEP = rate_sweep(STUDY["attacks"])
+HAS_VARIANTS = any(len(s["defenses"]) > 1 for s in SWEEPS.values())
+if RATE_SWEEP:
+    REPORT_FIGURES.update(_figure("poison_rate", "poison_rate"))
+LASTING_TABLES = {}
+if HAS_VARIANTS:
+    LASTING_TABLES["stability"] = "results/tables/stability.md"
+if HAS_VARIANTS or RATE_SWEEP or PARAMS.analysis.retune.enabled:
+    LASTING_TABLES["checklist"] = "results/tables/checklist.md"
 REPORT_FIGURES.update(
     {
         **_figure("aggregate", "aggregate"),
@@ -137,6 +150,7 @@ REPORT_OUTPUTS = [
     "results/table.md",
     "results/table.html",
     *TABLES,
+    *LASTING_TABLES.values(),
     "results/headline.json",
     *PLOT_DATA.values(),
     *[p for v in REPORT_FIGURES.values() for p in ([v] if isinstance(v, str) else v)],

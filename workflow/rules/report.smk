@@ -27,6 +27,7 @@ rule report:
     output:
         **PLOT_DATA,
         **REPORT_FIGURES,
+        **LASTING_TABLES,
         table="results/table.md",
         html=report(
             "results/table.html", caption="../report/tables.rst", category="Tables"

@@ -60,7 +60,8 @@ class HessianVectorProduct:
             return list(torch.autograd.grad(self.grads, self.params, grad_outputs=v, retain_graph=True))
 
     def rademacher(self, gen: torch.Generator) -> list[torch.Tensor]:
-        return [torch.randint(0, 2, p.shape, generator=gen).to(p).mul_(2).sub_(1) for p in self.params]
+        return [torch.randint(0, 2, p.shape, generator=gen, device=gen.device).to(p).mul_(2).sub_(1)
+                for p in self.params]
 
 
 def lambda_max(hvp: HessianVectorProduct, gen: torch.Generator, iterations: int = 100,
@@ -111,7 +112,7 @@ def smoothness(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
     model = model.to(device)
     x, y = to_float(images.to(device)), labels.to(device)
     hvp = HessianVectorProduct(model, x, y)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=x.device).manual_seed(seed)  # probes drawn where the model is
     top, iters = lambda_max(hvp, gen, power_iterations, tol)
     trace, se = hessian_trace(hvp, gen, probes) if probes else (float("nan"), float("nan"))
     return Smoothness(lambda_max=top, trace_h=trace, trace_h_se=se, power_iterations=iters, trace_probes=probes,

@@ -105,12 +105,13 @@ def log_likelihood(logits: torch.Tensor, y: torch.Tensor, released: bool = False
 
 
 def _probe(like: torch.Tensor, num: int, kind: str, gen: torch.Generator) -> torch.Tensor:
-    """``num`` probe vectors shaped like ``like`` (drawn on the CPU generator, then moved)."""
+    """``num`` probe vectors shaped like ``like``, drawn on ``gen``'s device (the model's: no host
+    draw and copy per step on a GPU), then moved to ``like``'s if that differs."""
     shape = (num, *like.shape)
     if kind == "rademacher":
-        v = torch.randint(0, 2, shape, generator=gen).to(like.dtype).mul_(2).sub_(1)
+        v = torch.randint(0, 2, shape, generator=gen, device=gen.device).to(like.dtype).mul_(2).sub_(1)
     elif kind == "gaussian":
-        v = torch.randn(shape, generator=gen, dtype=like.dtype)
+        v = torch.randn(shape, generator=gen, dtype=like.dtype, device=gen.device)
     else:
         raise ValueError(f"probe {kind!r}: use rademacher or gaussian")
     return v.to(like.device)
@@ -120,7 +121,8 @@ def hutchinson_trace(grads, num_probes: int, gen: torch.Generator, kind: str = "
     """T̂ = (1/m) Σ_k (v_kᵀ g)², an unbiased estimate of Tr(g gᵀ) = ‖g‖², differentiable in g.
 
     ``grads`` is the list of per-tensor pieces of g; the probes are drawn per tensor (m at a
-    time) from ``gen`` on the CPU and moved to g's device, so results do not depend on the device.
+    time) from ``gen`` on its own device: a CPU generator gives the CPU's numbers anywhere, a
+    generator on the model's GPU (``train_fip``) draws there, with other numbers than the CPU's.
     Memory: m copies of the parameters (20 × 11 M floats ≈ 0.9 GB for a ResNet-18).
     """
     if num_probes < 1:
@@ -143,9 +145,9 @@ def released_projection(grads, gen: torch.Generator, num_probes: int = RELEASED_
     """
     terms = []
     for _ in range(num_probes):
-        partial = torch.zeros(())
+        partial = torch.zeros((), device=gen.device)
         for g in grads:
-            v = torch.randn(g.shape, generator=gen, dtype=g.dtype).to(g.device)
+            v = torch.randn(g.shape, generator=gen, dtype=g.dtype, device=gen.device).to(g.device)
             partial = partial + (g * v).sum()
             terms.append(partial)
     return torch.stack(terms).sum() / num_probes
@@ -238,7 +240,8 @@ def train_fip(model: nn.Module, clean: TensorSet, named: dict[str, torch.Tensor]
     names, params = list(named), list(named.values())
     cfg = fit_config(p)
     released = bool(p["released"])
-    probe_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    # the probes are drawn on the model's device (on the CPU: the same numbers as a plain Generator)
+    probe_gen = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
     info: dict = {"released": released, "trained_parameters": int(sum(q.numel() for q in params)),
                   "trained_tensors": len(params)}
 

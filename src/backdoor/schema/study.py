@@ -209,6 +209,21 @@ class Figures(Spec):
 
 
 @spec
+class Gpu(Spec):
+    """How torch jobs share a GPU, where the study runs on one (docs/scaling.md). Each job claims its
+    rule's MB of the Snakemake resource ``gpu_mem_mb``: ``snakemake --resources gpu_mem_mb=<MB per
+    GPU>`` packs jobs onto the GPU until their claims fill it (``--resources gpu=1``: one job per GPU).
+    Settings of the machine, not of the results: no step depends on them."""
+
+    train_mb: int = param(6000, "GPU memory (MB) claimed by a train or trace_train job", ge=1)
+    purify_mb: int = param(5000, "claimed by a purify, trace_purify, retune or retune_floor job", ge=1)
+    other_mb: int = param(3000, "claimed by a craft, smoothness, features or measure_trace job", ge=1)
+    shard_mb: int | None = param(None, "SLURM GRES shards: each torch job asks for ceil(claim / shard_mb) "
+                                       "shards (--gres=shard:N) instead of a whole GPU (--gpus=1); null: "
+                                       "a whole GPU per job", ge=1)
+
+
+@spec
 class Params(Spec):
     """params.yaml."""
 
@@ -217,6 +232,7 @@ class Params(Spec):
     device: str = param("auto", "auto (cuda if present) | cpu | cuda[:N]", pattern=r"auto|cpu|cuda(:[0-9]+)?")
     precision: str = param("auto", "auto (bf16 where the hardware has fast bf16) | fp32 | bf16",
                            choices=("auto", "fp32", "bf16"))
+    gpu: Gpu = param(Gpu, "GPU slots by memory: how many torch jobs share one GPU")
     analysis: Analysis = param(Analysis, "analyses of the trained and purified models")
     figures: Figures = param(Figures, "the report's focused figures")
     data: Data = param(Data, "where dataset files come from")
