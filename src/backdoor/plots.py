@@ -583,7 +583,8 @@ def retune_figure(frame: pd.DataFrame, benign=BENIGN):
         colors = _colors(defenses)
         cols = min(4, len(attacks))
         rows = -(-len(attacks) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(min(DOUBLE, 2.4 * cols + 0.6), 1.9 * rows + 0.5), squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(min(DOUBLE, 2.4 * cols + 0.6), 1.9 * rows + 0.8), squeeze=False,
+                                 layout="constrained")
         for ax, attack in zip(axes.flat, attacks):
             runs = part[part["attack"] == attack]
             for d in defenses:
@@ -608,9 +609,7 @@ def retune_figure(frame: pd.DataFrame, benign=BENIGN):
         handles, labels = axes.flat[0].get_legend_handles_labels()
         fig.suptitle(f"Does the purification last? — {_group_title(dataset, model, budget)}", x=0.01, ha="left",
                      fontsize=7.5)
-        fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), frameon=False,
-                   bbox_to_anchor=(0.5, -0.05))
-        fig.tight_layout()
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(10, len(labels)), frameon=False)
     return fig
 
 

@@ -130,11 +130,14 @@ SMOOTHNESS_JSONS = (
 # A json output that does not parse (a truncated write, a full disk, an editor) is damaged. DVC sees
 # its hash change and reruns the stage; Snakemake compares only times and would redo just the
 # tables. So the main process dates each damaged file back to 1970 (its bytes untouched): older than
-# its inputs, its job is remade, and `snakemake -n all`, `dvc status` and `make study` agree.
+# its inputs, its job is remade, and `snakemake -n all`, `dvc status` and `make study` agree. Empty
+# files are left alone: `snakemake --touch` makes them as placeholders (jobs never write one).
 def unreadable(paths):
     bad = []
     for path in paths:
         try:
+            if os.path.getsize(path) == 0:
+                continue
             with open(path) as f:
                 json.load(f)
         except FileNotFoundError:
