@@ -1,4 +1,5 @@
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -102,3 +103,8 @@ def tiny_data(n: int = 48, seed: int = 0, size: int = 12) -> TensorSet:
     return TensorSet(torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8, generator=g),
                      torch.randint(0, 10, (n,), generator=g))
 
+
+def sigint_default() -> None:
+    """Popen ``preexec_fn`` for a child the test interrupts: Ctrl-C reaches it even when pytest itself
+    runs in the background (a shell's ``cmd &`` without job control ignores SIGINT, children inherit)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

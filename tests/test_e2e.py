@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import sigint_default
 
 pytestmark = pytest.mark.e2e
 
@@ -374,7 +375,7 @@ def test_a_second_runner_gets_a_lock_error_and_deletes_nothing(origin, tmp_path)
     workspace = clone(origin, tmp_path / "race")
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen("snakemake --cores 1 all", shell=True, cwd=workspace, env=ENV, stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True)
+                             stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=sigint_default)
     try:
         wait_for(lambda: (workspace / "data/prepared/fashion_mnist.pt").exists())
         before = files(workspace)
@@ -390,7 +391,7 @@ def test_a_second_runner_gets_a_lock_error_and_deletes_nothing(origin, tmp_path)
     shutil.rmtree(workspace / "results", ignore_errors=True)
     log = open(tmp_path / "second.log", "w")
     first = subprocess.Popen("dvc repro", shell=True, cwd=workspace, env=ENV, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+                             start_new_session=True, preexec_fn=sigint_default)
     try:
         # a model being trained (the study's or a traced one, which DVC may order first): minutes to go
         wait_for(lambda: re.search(r"Running stage '(trace_)?train@", (tmp_path / "second.log").read_text()))

@@ -29,7 +29,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, project_files
+from conftest import ROOT, project_files, sigint_default
 
 pytestmark = pytest.mark.e2e
 
@@ -202,6 +202,7 @@ def test_sigint_during_the_study_then_the_same_command_finishes_it(base, referen
     models.mkdir(parents=True)  # watched before the study starts: a fast train job cannot slip past the watch
     watch = Inotify(models, renamed=True)
     proc = subprocess.Popen("workflow/scripts/run_all.sh", shell=True, cwd=cwd, env=ENV, start_new_session=True,
+                            preexec_fn=sigint_default,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         watch.wait_for("seed0.pt")
