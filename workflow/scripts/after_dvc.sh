@@ -15,4 +15,5 @@ if ! grep -q "Data and pipelines are up to date" <<<"$status"; then
 fi
 "${PYTHON:-python3}" workflow/scripts/verify_outputs.py
 snakemake --touch --forceall --cores 1 --quiet all "$@"
+PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} "${PYTHON:-python3}" -m backdoor.stamps record
 echo "after_dvc: Snakemake is in sync with the DVC workspace ('snakemake -n all' has nothing to do)"

@@ -26,5 +26,7 @@ if [ -d .dvc ] && [ -f dvc.yaml ]; then
     echo "run_all: see 'make status' for what DVC finds changed; rerun 'make study' once it is fixed" >&2
     exit 1
   fi
+  # their times too: after a later 'dvc commit -f' or 'dvc checkout' a plain Snakemake puts them back
+  PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} "$py" -m backdoor.stamps record
   echo "run_all: outputs recorded in dvc.lock (share them with: make publish REMOTE=<s3://bucket/prefix or a path>)"
 fi
