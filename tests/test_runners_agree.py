@@ -109,7 +109,7 @@ def test_editing_a_defense_reruns_the_purify_jobs_that_import_it_under_both_runn
         restore()
     assert status.returncode == 1 and status.stdout.splitlines() == [  # one line per changed template
         "validate: 1 of 1 entry changed: deps modified src/backdoor",
-        "purify: 24 of 108 entries changed: deps modified src/backdoor/defenses/fip.py"]
+        "purify: 24 of 120 entries changed: deps modified src/backdoor/defenses/fip.py"]
     purify = {s for s in with_downstream if s.startswith("purify@")}
     assert changed == purify and purify and all("-fip-" in s or "-fast_fip-" in s for s in purify)
     assert len(purify) == 2 * 4 * 3  # fip and fast_fip (which imports fip) on four attacks × three seeds
