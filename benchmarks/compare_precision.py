@@ -1,13 +1,15 @@
-"""Does bf16 change the science? Compare a bf16 study with an fp32 one run over several training seeds.
+"""Does bf16 change the science? Compare a bf16 study with an fp32 one, cell by cell.
 
-    # two workspaces of the same study, one with precision: fp32 and study.seeds: [0, 1, 2],
-    # the other with precision: bf16 and study.seeds: [0]:
+    # two workspaces of the same study (e.g. make study on a CPU with bf16 units, `precision: auto`,
+    # and on one without, or `precision: fp32` on the same one):
     python benchmarks/compare_precision.py --fp32 A/results/metrics.csv --bf16 B/results/metrics.csv
 
-For each attack × defense cell: ACC / ASR / RA of fp32 seed 0, of bf16 seed 0, their difference, and the
-fp32 seed-to-seed spread (standard deviation and range over the training seeds). A difference is
-"within spread" when it lies inside the fp32 seeds' range widened by nothing: min ≤ bf16 ≤ max, or
-|bf16 − fp32| ≤ 2 std.
+For each attack × defense cell and each of ACC / ASR / RA: the fp32 and the bf16 mean with their
+95% intervals over runs (`backdoor.stats.interval`), and the paired difference bf16 − fp32 over the
+runs both have (the same training seed: the same data, initial weights and clean draw, so only the
+precision differs), with its interval. "inside" when the bf16 mean lies inside the fp32 interval;
+"separable" when the paired difference's interval excludes 0. With a single bf16 run the cell is
+an example: it reports whether that run lies inside the fp32 runs' range.
 """
 
 from __future__ import annotations
@@ -16,45 +18,53 @@ import argparse
 
 import pandas as pd
 
+from backdoor import stats
+
 METRICS = ["acc", "asr", "ra"]
 
 
 def compare(fp32: pd.DataFrame, bf16: pd.DataFrame) -> pd.DataFrame:
-    keys = ["attack", "defense"]
     rows = []
-    for (attack, defense), part in fp32.groupby(keys, sort=False):
-        other = bf16[(bf16.attack == attack) & (bf16.defense == defense) & (bf16.seed == 0)]
-        base = part[part.seed == 0]
-        if other.empty or base.empty:
+    for (attack, defense), part in fp32.groupby(["attack", "defense"], sort=False):
+        other = bf16[(bf16.attack == attack) & (bf16.defense == defense)]
+        if other.empty:
             continue
-        row = {"attack": attack, "defense": defense, "seeds": len(part)}
+        row = {"attack": attack, "defense": defense, "runs_fp32": len(part), "runs_bf16": len(other)}
         for m in METRICS:
-            f, b = float(base[m].iloc[0]), float(other[m].iloc[0])
-            std, lo, hi = part[m].std(ddof=1), part[m].min(), part[m].max()
-            row[f"{m}_fp32"], row[f"{m}_bf16"], row[f"{m}_diff"] = f, b, b - f
-            row[f"{m}_std"] = std
-            row[f"{m}_within"] = bool(lo <= b <= hi or abs(b - f) <= 2 * std)
+            f, b = stats.interval(part[m]), stats.interval(other[m])
+            d = stats.paired(stats.runs_of(other, m), stats.runs_of(part, m))
+            row[f"{m}_fp32"], row[f"{m}_bf16"], row[f"{m}_diff"] = f, b, d
+            lo, hi = (f.lo, f.hi) if f.has_interval else (part[m].min(), part[m].max())
+            row[f"{m}_inside"] = bool(min(lo, hi) <= b.mean <= max(lo, hi)) if f.n > 1 else False
+            row[f"{m}_separable"] = d.excludes(0.0)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _fmt(i: stats.Interval) -> str:
+    return f"{i.mean:.1f} [{i.lo:.1f}, {i.hi:.1f}]" if i.has_interval else f"{i.mean:.1f}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fp32", required=True)
     ap.add_argument("--bf16", required=True)
+    ap.add_argument("--metric", choices=METRICS, action="append",
+                    help="metrics to print (default: all three)")
     args = ap.parse_args()
     table = compare(pd.read_csv(args.fp32), pd.read_csv(args.bf16))
-    print("| attack | defense | ACC fp32 / bf16 (fp32 std) | ASR fp32 / bf16 (fp32 std) | RA fp32 / bf16 (fp32 std) "
-          "| within spread |\n|---|---|---|---|---|---|")
-    for r in table.itertuples(index=False):
-        r = r._asdict()
-        cells = [f"{r[m + '_fp32']:.2f} / {r[m + '_bf16']:.2f} ({r[m + '_std']:.2f})" for m in METRICS]
-        within = "yes" if all(r[m + "_within"] for m in METRICS) else \
-            "no: " + ", ".join(m.upper() for m in METRICS if not r[m + "_within"])
-        print(f"| {r['attack']} | {r['defense']} | {' | '.join(cells)} | {within} |")
-    n = len(table)
-    ok = sum(all(r[m + "_within"] for m in METRICS) for r in table.to_dict("records"))
-    print(f"\n{ok} of {n} cells within the fp32 seed spread on all three metrics")
+    for m in args.metric or METRICS:
+        print(f"\n{m.upper()} (%): fp32 | bf16 | paired bf16 − fp32, mean [95% interval]\n")
+        print("| attack | defense | runs | fp32 | bf16 | bf16 − fp32 | bf16 inside fp32 | separable |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in table.to_dict("records"):
+            print(f"| {r['attack']} | {r['defense']} | {r['runs_fp32']} / {r['runs_bf16']} | "
+                  f"{_fmt(r[m + '_fp32'])} | {_fmt(r[m + '_bf16'])} | {_fmt(r[m + '_diff'])} | "
+                  f"{'yes' if r[m + '_inside'] else 'no'} | {'yes' if r[m + '_separable'] else 'no'} |")
+        inside = int(table[f"{m}_inside"].sum())
+        sep = int(table[f"{m}_separable"].sum())
+        print(f"\n{m.upper()}: bf16 mean inside the fp32 interval in {inside} of {len(table)} cells; "
+              f"paired difference separable from 0 in {sep}")
 
 
 if __name__ == "__main__":
