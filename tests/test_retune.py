@@ -74,14 +74,22 @@ def test_benign_stays_low_while_the_backdoored_model_relearns(files):
         log=lambda _: None)
     before = asr(purified, prepared, badnets)
 
-    settings = {"poisoned": 5}
-    floor_model, floor = retune_attack(prepared, badnets, benign, budget=BUDGET, seed=0, settings=settings)
-    after_model, after = retune_attack(prepared, badnets, purified, budget=BUDGET, seed=0, settings=settings)
+    # 10 epochs of the 105 images at 128 a batch = 10 steps, nearer the study's 25 (605 images × 5
+    # epochs). At the release's 5 epochs (5 steps here) the outcome rested on the CPU's kernels: one
+    # draw re-learned to 99.6 on an AMD EPYC, to 42 on an AMX Xeon (10-42 over four draws there).
     assert before["asr"] < 50, before  # the light fine-tuning hid the backdoor (ASR 0 here) ...
-    assert floor["p_acc"] > 80 and after["p_acc"] > 80
-    assert floor["p_asr"] < 15, floor  # ... the benign model does not learn it from 5 images (0 here) ...
-    assert after["p_asr"] > 80, (before, after)  # ... the purified one re-learns it (99.6 here)
-    assert after["n_clean"] == BUDGET and after["poisoned"] == 5 and after["steps"] == 5
+    floors, afters = [], []
+    for draw in range(4):  # four draws of the 5 poisoned images
+        settings = {"poisoned": 5, "epochs": 10, "seed": draw}
+        _, floor = retune_attack(prepared, badnets, benign, budget=BUDGET, seed=0, settings=settings)
+        _, after = retune_attack(prepared, badnets, purified, budget=BUDGET, seed=0, settings=settings)
+        assert floor["p_acc"] > 80 and after["p_acc"] > 80
+        assert after["n_clean"] == BUDGET and after["poisoned"] == 5 and after["steps"] == 10
+        floors.append(floor["p_asr"])
+        afters.append(after["p_asr"])
+    # ... the purified one re-learns it (AMX Xeon: 88-100), the benign model barely (0-17), draw by draw
+    gaps = [a - f for a, f in zip(afters, floors)]
+    assert sum(afters) / 4 > 80 and sum(floors) / 4 < 20 and min(gaps) > 40, (floors, afters)
     # the originals are untouched (the attack runs on a copy)
     assert asr(purified, prepared, badnets) == before
 
