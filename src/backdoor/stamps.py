@@ -19,7 +19,8 @@ from pathlib import Path
 LEDGER = Path(".snakemake") / "stamps.json"
 
 
-def _md5(path: Path) -> str:
+def md5(path: Path) -> str:
+    """MD5 of a file's bytes, read in 1 MiB blocks (DVC's hash of a file output)."""
     digest = hashlib.md5()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -62,7 +63,7 @@ def record(root: Path) -> int:
         st = (root / rel).stat()
         prev = old.get(rel)
         same = prev and prev[0] == st.st_size and prev[1] == st.st_mtime_ns
-        ledger[rel] = [st.st_size, st.st_mtime_ns, prev[2] if same else _md5(root / rel)]
+        ledger[rel] = [st.st_size, st.st_mtime_ns, prev[2] if same else md5(root / rel)]
     (root / LEDGER).parent.mkdir(exist_ok=True)
     tmp = root / (str(LEDGER) + ".tmp")
     tmp.write_text(json.dumps(ledger, separators=(",", ":")))
@@ -73,14 +74,14 @@ def record(root: Path) -> int:
 def restore(root: Path) -> list[str]:
     """Put the recorded times back on re-copied files (see the module's docstring); returns them."""
     moved = []
-    for rel, (size, mtime_ns, md5) in _read(root).items():
+    for rel, (size, mtime_ns, digest) in _read(root).items():
         try:
             st = (root / rel).stat()
         except OSError:
             continue  # deleted: Snakemake and DVC both see that
         if st.st_mtime_ns == mtime_ns:
             continue
-        if st.st_size != size or _md5(root / rel) != md5:
+        if st.st_size != size or md5(root / rel) != digest:
             return []  # something really changed: leave every time as it is
         moved.append((rel, st.st_atime_ns, mtime_ns))
     for rel, atime_ns, mtime_ns in moved:

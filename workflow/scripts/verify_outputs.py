@@ -11,7 +11,6 @@ the cache objects they point to (before `dvc push`). Exits 1 listing each mismat
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -19,14 +18,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
 
-
-def md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+from backdoor.stamps import md5  # noqa: E402  (torch-free; the hash stamps.py records)
 
 
 def cache_dir(root: Path) -> Path:
