@@ -8,8 +8,8 @@ For each attack × defense cell and each of ACC / ASR / RA: the fp32 and the bf1
 95% intervals over runs (`backdoor.stats.interval`), and the paired difference bf16 − fp32 over the
 runs both have (the same training seed: the same data, initial weights and clean draw, so only the
 precision differs), with its interval. "inside" when the bf16 mean lies inside the fp32 interval;
-"separable" when the paired difference's interval excludes 0. With a single bf16 run the cell is
-an example: it reports whether that run lies inside the fp32 runs' range.
+"separable" when the paired difference's interval excludes 0. A single bf16 run is an example: it is
+still placed against the fp32 interval, but its paired difference has no interval (never separable).
 """
 
 from __future__ import annotations
@@ -34,8 +34,7 @@ def compare(fp32: pd.DataFrame, bf16: pd.DataFrame) -> pd.DataFrame:
             f, b = stats.interval(part[m]), stats.interval(other[m])
             d = stats.paired(stats.runs_of(other, m), stats.runs_of(part, m))
             row[f"{m}_fp32"], row[f"{m}_bf16"], row[f"{m}_diff"] = f, b, d
-            lo, hi = (f.lo, f.hi) if f.has_interval else (part[m].min(), part[m].max())
-            row[f"{m}_inside"] = bool(min(lo, hi) <= b.mean <= max(lo, hi)) if f.n > 1 else False
+            row[f"{m}_inside"] = f.has_interval and f.lo <= b.mean <= f.hi
             row[f"{m}_separable"] = d.excludes(0.0)
         rows.append(row)
     return pd.DataFrame(rows)
